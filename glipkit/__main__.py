@@ -1,0 +1,3 @@
+from glipkit.cli.app import main
+
+main()
