@@ -1,0 +1,73 @@
+"""Shared test setup: offline hub, paths to shared fixtures, a tiny WordPiece tokenizer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+FIXTURES_DIR = SHARED_DIR / "fixtures"
+
+# Words the tiny vocabulary knows: enough for COCO class names and the captions used in tests.
+TINY_WORDS = """
+a an the of and with on in at to is are two three red green blue yellow white black orange purple
+person people man woman child dog cat bird horse car bus truck bicycle motorcycle boat train airplane
+circle square triangle star ball cup bottle chair table tree house sky road grass water shape shapes
+traffic light fire hydrant stop sign parking meter bench sheep cow elephant bear zebra giraffe
+backpack umbrella handbag tie suitcase frisbee skis snowboard sports kite baseball bat glove skateboard
+surfboard tennis racket wine glass fork knife spoon bowl banana apple sandwich orange broccoli carrot
+hot dog pizza donut cake couch potted plant bed dining toilet tv laptop mouse remote keyboard cell phone
+microwave oven toaster sink refrigerator book clock vase scissors teddy hair drier toothbrush big small
+photo picture image left right top bottom next near
+""".split()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--glip-fixture",
+        default=str(FIXTURES_DIR / "glip_small_ref"),
+        help="Prefix of an official-GLIP parity fixture (<prefix>.safetensors, <prefix>_io.safetensors, "
+        "<prefix>_config.json).",
+    )
+
+
+@pytest.fixture(scope="session")
+def glip_fixture_prefix(request: pytest.FixtureRequest) -> Path:
+    return Path(request.config.getoption("--glip-fixture"))
+
+
+def write_tiny_vocab(directory: Path) -> Path:
+    """Write a WordPiece vocab.txt (special tokens, punctuation, letters, test words) into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(5)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += list(".,;:!?'\"-()/&%$#@*+=<>[]{}")
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    tokens += list(letters) + ["##" + c for c in letters]
+    seen = set(tokens)
+    for word in TINY_WORDS:
+        if word not in seen:
+            tokens.append(word)
+            seen.add(word)
+    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding a small WordPiece vocab that `BertTokenizerFast.from_pretrained` can load."""
+    return write_tiny_vocab(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir: Path):
+    from transformers import BertTokenizerFast
+
+    tok = BertTokenizerFast.from_pretrained(str(tiny_tokenizer_dir))
+    assert tok.convert_tokens_to_ids("dog") != tok.unk_token_id
+    return tok
