@@ -59,6 +59,8 @@ class HeadConfig:
     group_norm_groups: int = 16
     log_scale_init: float = 0.0
     prior_prob: float = 0.01
+    # §6.2: `cls_logits` (num_classes - 1 channels) is in every official checkpoint but unused for scoring.
+    num_classes: int = 81
     anchor_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024)
     anchor_strides: tuple[int, ...] = (8, 16, 32, 64, 128)
     fpn_drop_block: bool = True
@@ -214,6 +216,7 @@ def from_official_config(values: Mapping[str, Any]) -> GLIPConfig:
     take("MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT", cfg.head, "use_fused_language", bool)
     take("MODEL.DYHEAD.LOG_SCALE", cfg.head, "log_scale_init", float)
     take("MODEL.DYHEAD.PRIOR_PROB", cfg.head, "prior_prob", float)
+    take("MODEL.DYHEAD.NUM_CLASSES", cfg.head, "num_classes", int)
     take("MODEL.GROUP_NORM.NUM_GROUPS", cfg.head, "group_norm_groups", int)
     take("MODEL.RPN.ANCHOR_SIZES", cfg.head, "anchor_sizes", tuple)
     take("MODEL.RPN.ANCHOR_STRIDE", cfg.head, "anchor_strides", tuple)
