@@ -21,7 +21,7 @@ _RENAMES = [
     (r"^backbone\.fpn\.fpn_inner([234])\.(.*)$", None),
     (r"^backbone\.fpn\.fpn_layer([234])\.(.*)$", None),
     (r"^backbone\.fpn\.top_blocks\.(p6|p7)\.(.*)$", r"fpn.\1.\2"),
-    (r"^language_backbone\.body\.model\.(.*)$", r"language_backbone.\1"),
+    (r"^language_backbone\.body\.model\.(.*)$", r"language_backbone.bert.\1"),
     (r"^rpn\.head\.dyhead_tower\.(\d+)\.(.*)$", None),  # handled in code: tower layer + part
     (r"^rpn\.head\.dot_product_projection_text\.(.*)$", r"head.token_projection.\1"),
     (r"^rpn\.head\.(bbox_pred|centerness|cls_logits|scales|log_scale|bias_lang|bias0)(.*)$", r"head.\1\2"),
