@@ -1,0 +1,132 @@
+"""Prompts and positive maps: class names -> prompt text, character spans -> token sets (GLIP_SPEC.md §4.2-4.4, §7.5)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+Span = tuple[int, int]
+
+
+def clean_name(name: str) -> str:
+    """GLIP's `clean_name`: drop `(...)`, underscores become spaces, double spaces become single (§4.3)."""
+    name = re.sub(r"\(.*\)", "", name)
+    name = re.sub(r"_", " ", name)
+    return re.sub(r"  ", " ", name)
+
+
+def build_detection_prompt(
+    names: Sequence[str],
+    separator: str = ". ",
+    prefixes: Sequence[str] | None = None,
+    suffixes: Sequence[str] | None = None,
+    clean: bool = True,
+) -> tuple[str, list[Span]]:
+    """Join class names into GLIP's evaluation prompt and return it with each name's character span (§4.3).
+
+    `"person. bicycle. car"`: no trailing separator. With prompt engineering, class i is written
+    `prefix + name + suffix` and only the name is positive.
+    """
+    parts: list[str] = []
+    spans: list[Span] = []
+    position = 0
+    for i, raw in enumerate(names):
+        name = clean_name(raw) if clean else raw
+        prefix = prefixes[i] if prefixes else ""
+        suffix = suffixes[i] if suffixes else ""
+        start = position + len(prefix)
+        spans.append((start, start + len(name)))
+        piece = prefix + name + suffix
+        parts.append(piece)
+        position += len(piece)
+        if i + 1 < len(names):
+            position += len(separator)
+    return separator.join(parts), spans
+
+
+def chunk_indices(count: int, chunk_size: int) -> list[list[int]]:
+    """Consecutive chunks of `chunk_size` class indices, as TEST.CHUNKED_EVALUATION splits a vocabulary (§7.5)."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    return [list(range(start, min(start + chunk_size, count))) for start in range(0, count, chunk_size)]
+
+
+def span_to_tokens(encoding, span: Span, batch_index: int = 0) -> tuple[int, int] | None:
+    """First and last token (inclusive) of a character span, with GLIP's ±1/±2 fallback (§4.4); None if unmappable."""
+    start, end = span
+    first = last = None
+    for position in (start, start + 1, start + 2):
+        first = _char_to_token(encoding, batch_index, position)
+        if first is not None:
+            break
+    for position in (end - 1, end - 2, end - 3):
+        last = _char_to_token(encoding, batch_index, position)
+        if last is not None:
+            break
+    if first is None or last is None or last < first:
+        return None
+    return first, last
+
+
+def _char_to_token(encoding, batch_index: int, position: int) -> int | None:
+    if position < 0:
+        return None
+    try:
+        return encoding.char_to_token(batch_index, position)
+    except (IndexError, ValueError, TypeError):
+        return None
+
+
+@dataclass
+class EncodedPrompts:
+    """A tokenized batch of prompts with one positive map per prompt.
+
+    positive_maps[b] is (P_b, L) float 0/1: row j marks the tokens of phrase j of prompt b.
+    unmapped[b] lists the phrases of prompt b whose span could not be mapped (e.g. truncated past L tokens);
+    their rows are all zero, so they never produce detections.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    positive_maps: list[Tensor]
+    unmapped: list[list[int]] = field(default_factory=list)
+
+
+def encode_prompts(
+    tokenizer,
+    prompts: Sequence[str],
+    spans: Sequence[Sequence[Span]],
+    max_length: int = 256,
+    pad_to_max_length: bool = False,
+) -> EncodedPrompts:
+    """Tokenize prompts (truncating at `max_length`) and map each phrase span to its tokens (§4.2, §4.4).
+
+    The official code pads every prompt to 256 tokens; padding to the longest prompt of the batch gives
+    the same outputs on real tokens and is much cheaper, so it is the default here.
+    """
+    encoding = tokenizer(
+        list(prompts),
+        max_length=max_length,
+        truncation=True,
+        padding="max_length" if pad_to_max_length else "longest",
+        return_tensors="pt",
+    )
+    length = encoding["input_ids"].shape[1]
+    positive_maps = []
+    unmapped: list[list[int]] = []
+    for b, prompt_spans in enumerate(spans):
+        positive_map = torch.zeros(len(prompt_spans), length)
+        missing = []
+        for j, span in enumerate(prompt_spans):
+            tokens = span_to_tokens(encoding, span, b)
+            if tokens is None:
+                missing.append(j)
+                continue
+            positive_map[j, tokens[0] : tokens[1] + 1] = 1.0
+        positive_maps.append(positive_map)
+        unmapped.append(missing)
+    return EncodedPrompts(encoding["input_ids"], encoding["attention_mask"], positive_maps, unmapped)
