@@ -1,8 +1,16 @@
-"""Official GLIP checkpoint keys <-> glipkit module names (GLIP_SPEC.md §2.4-2.5, §3, §5, §6, §10-11)."""
+"""Checkpoints: official GLIP keys <-> glipkit names, reading .pth/.safetensors, strict loading (GLIP_SPEC.md §10-11)."""
 
 from __future__ import annotations
 
+import os
+import pickle
 import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+GLIPKIT_FORMAT = "glipkit"
 
 # Keys of official checkpoints that glipkit recomputes or does not use: tolerated and dropped when loading.
 _DROPPED_KEY_PATTERNS = [
@@ -86,3 +94,191 @@ def _tower_key(module_index: int, rest: str, early_fusion: bool, key: str) -> st
         if match:
             return f"head.tower.{layer}.dyconv.{match.expand(template)}"
     raise KeyError(f"official key '{key}' has no glipkit equivalent")
+
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message says which keys and why."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a `.pth` (official format, `weights_only=True`) or `.safetensors` file.
+
+    For official files the weights are `checkpoint["model"]` when present, with any `module.` prefix removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        tensors = {}
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+        return _strip_module_prefix(tensors), metadata
+    try:
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds pickled objects other than tensors, and loading it could run "
+            f"code (torch.load weights_only=True said: {str(error).splitlines()[0]})"
+        ) from None
+    except Exception as error:  # truncated or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        checkpoint = checkpoint["model"]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, Tensor) for v in checkpoint.values()):
+        raise CheckpointError(f"{path} is not a state dict (nor a dict with a 'model' state dict)")
+    return _strip_module_prefix(checkpoint), {}
+
+
+def _strip_module_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    # §10: DDP-saved checkpoints prefix every key with `module.`; strip it only when all keys have it.
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def is_official_state_dict(state: dict[str, Tensor]) -> bool:
+    return any(k.startswith("backbone.body.") for k in state)
+
+
+def infer_official_config(state: dict[str, Tensor]):
+    """A GLIPConfig whose shapes fit an official state dict (Swin size, window, tower depth, fusion, BERT sizes)."""
+    from glipkit.model.config import GLIPConfig, HeadConfig, LanguageConfig, SwinConfig
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise CheckpointError(f"not a GLIP checkpoint: key '{key}' is missing")
+        return tuple(state[key].shape)
+
+    embed_dim = shape("backbone.body.patch_embed.proj.weight")[0]
+    depths, heads = [], []
+    stage = 0
+    while f"backbone.body.layers.{stage}.blocks.0.norm1.weight" in state:
+        count = 0
+        while f"backbone.body.layers.{stage}.blocks.{count}.norm1.weight" in state:
+            count += 1
+        depths.append(count)
+        heads.append(shape(f"backbone.body.layers.{stage}.blocks.0.attn.relative_position_bias_table")[1])
+        stage += 1
+    table = shape("backbone.body.layers.0.blocks.0.attn.relative_position_bias_table")[0]
+    window = (int(round(table**0.5)) + 1) // 2
+    tower = {int(k.split(".")[3]) for k in state if k.startswith("rpn.head.dyhead_tower.")}
+    early_fusion = any(".b_attn." in k for k in state)
+    num_layers = (max(tower) + 1) // 3 if early_fusion else max(tower) + 1
+    channels = shape("backbone.fpn.fpn_layer2.weight")[0]
+    prefix = "language_backbone.body.model."
+    hidden = shape(prefix + "embeddings.word_embeddings.weight")
+    bert_layers = len({k.split(".")[5] for k in state if k.startswith(prefix + "encoder.layer.")})
+    lang = LanguageConfig(
+        vocab_size=hidden[0],
+        hidden_size=hidden[1],
+        num_hidden_layers=bert_layers,
+        intermediate_size=shape(prefix + "encoder.layer.0.intermediate.dense.weight")[0],
+        max_position_embeddings=shape(prefix + "embeddings.position_embeddings.weight")[0],
+        type_vocab_size=shape(prefix + "embeddings.token_type_embeddings.weight")[0],
+        num_attention_heads=max(1, hidden[1] // 64),
+    )
+    head = HeadConfig(channels=channels, num_layers=num_layers, early_fusion=early_fusion,
+                      use_fused_language=early_fusion)
+    if early_fusion:
+        head.fusion_embed_dim = shape("rpn.head.dyhead_tower.0.b_attn.attn.v_proj.weight")[0]
+    if "rpn.head.cls_logits.weight" in state:
+        head.num_classes = shape("rpn.head.cls_logits.weight")[0] + 1
+    swin = SwinConfig(embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(heads), window_size=window,
+                      drop_path_rate=0.4 if embed_dim >= 192 else 0.2)
+    return GLIPConfig(swin=swin, language=lang, head=head)
+
+
+def official_to_glipkit_state_dict(state: dict[str, Tensor], early_fusion: bool = True) -> dict[str, Tensor]:
+    """Rename an official state dict to glipkit names, dropping the tolerated extras (§10-§11)."""
+    renamed: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        if is_dropped_official_key(key):
+            continue
+        try:
+            renamed[official_to_glipkit_key(key, early_fusion)] = value
+        except KeyError:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"{len(unknown)} checkpoint keys have no place in GLIP: {_key_list(unknown)}")
+    return renamed
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
+    """Load glipkit-named tensors into `model`, failing loudly on any missing, unexpected or mis-shaped key.
+
+    `head.cls_logits` is the exception (§6.2): unused for scoring, its width depends on the dataset the
+    checkpoint was trained on; a missing or mis-sized one keeps its initialisation. Returns notes on what was
+    tolerated.
+    """
+    own = model.state_dict()
+    notes = []
+    state = dict(state)
+    for key in [k for k in state if k.startswith("head.cls_logits.")]:
+        if key not in own or own[key].shape != state[key].shape:
+            notes.append(f"{key}: checkpoint shape {tuple(state[key].shape)} ignored (unused for scoring)")
+            del state[key]
+    missing = [k for k in own if k not in state and not k.startswith("head.cls_logits.")]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in state if k in own and own[k].shape != state[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: {_key_list(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_key_list(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} with another shape: {_key_list(mismatched)}")
+    if problems:
+        raise CheckpointError("checkpoint does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+    return notes
+
+
+def _key_list(keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def save_glipkit_checkpoint(model: nn.Module, config_json: str, path: str | os.PathLike,
+                            extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write the model's weights as `.safetensors` with its config in the metadata, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": GLIPKIT_FORMAT, "glipkit_config": config_json, **(extra_metadata or {})}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def glipkit_config_from_metadata(metadata: dict[str, str]):
+    from glipkit.model.config import GLIPConfig
+
+    if "glipkit_config" not in metadata:
+        return None
+    return GLIPConfig.from_json(metadata["glipkit_config"])
+
+
+def write_official_checkpoint(state: dict[str, Tensor], path: str | os.PathLike) -> None:
+    """Save official-named tensors the way the official trainer does: {"model": {"module." + key: tensor}}."""
+    torch.save({"model": {"module." + k: v for k, v in state.items()}}, str(path))
+
+
+def glipkit_to_official_state_dict(state: dict[str, Tensor], official_keys: list[str],
+                                   early_fusion: bool = True) -> dict[str, Tensor]:
+    """Inverse of `official_to_glipkit_state_dict` for the given official key list (for export and tests)."""
+    out = {}
+    for key in official_keys:
+        if is_dropped_official_key(key):
+            continue
+        out[key] = state[official_to_glipkit_key(key, early_fusion)]
+    return out
