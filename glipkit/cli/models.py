@@ -1,0 +1,54 @@
+"""`glipkit models list|download|convert`: the official checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from glipkit.cli.app import app
+from glipkit.cli.common import user_errors
+
+models_app = typer.Typer(help="List, download and convert GLIP checkpoints.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def list_models() -> None:
+    """Show the named official models: file, size, and whether it is already downloaded."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from glipkit.model.hub import HUB_REPO, NAMED_MODELS, cached_path
+
+    table = Table(title=f"GLIP checkpoints (Hugging Face: {HUB_REPO})")
+    for column in ("name", "file", "size", "cached", "description"):
+        table.add_column(column)
+    for model in NAMED_MODELS.values():
+        local = cached_path(model)
+        table.add_row(model.name, model.filename, f"{model.size_gb:.2f} GB", str(local) if local else "no",
+                      model.description)
+    Console().print(table)
+
+
+@models_app.command("download")
+def download(name: str = typer.Argument(..., help="glip-t, glip-t-c, glip-t-a or glip-l.")) -> None:
+    """Download a named model into the Hugging Face cache and print its path."""
+    from glipkit.model.hub import download_named_model
+
+    with user_errors():
+        typer.echo(str(download_named_model(name)))
+
+
+@models_app.command("convert")
+def convert(
+    source: Path = typer.Argument(..., help="An official GLIP .pth (or any checkpoint glipkit reads)."),
+    output: Path = typer.Argument(..., help="Where to write the glipkit .safetensors."),
+) -> None:
+    """Convert an official checkpoint to a glipkit `.safetensors` (weights only, config in the metadata)."""
+    from glipkit.model.glip import GLIP
+
+    with user_errors():
+        model = GLIP.from_pretrained(source, load_tokenizer_now=False)
+        model.save_pretrained(output, {"source": source.name})
+    typer.echo(f"wrote {output}")
