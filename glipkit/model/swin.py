@@ -120,6 +120,34 @@ class SwinBackbone(nn.Module):
                     raise RuntimeError(f"timm changed the Swin window to {block.window_size}/{block.shift_size}")
         # §2.2: `norm0` is Identity for the RETINANET conv body; norm1..3 normalise stages 3..5.
         self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in cfg.stage_channels[1:])
+        self.frozen_at = -1
+
+    def freeze(self, frozen_at: int) -> None:
+        """Freeze like GLIP's `BACKBONE.FREEZE_CONV_BODY_AT` (§2.1): -1 nothing, >= 0 the patch embedding,
+        k >= 2 also GLIP stages 0..k-2; frozen parameters get requires_grad=False and frozen parts stay in eval
+        mode (no drop path) while training.
+        """
+        self.frozen_at = frozen_at
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_at < 0:
+            return []
+        modules: list[nn.Module] = [self.swin.patch_embed]
+        for stage in range(min(self.frozen_at - 1, len(self.swin.layers))):
+            # A GLIP stage is timm's blocks of that stage plus the PatchMerging timm puts at the next stage (§2.5).
+            modules.append(self.swin.layers[stage].blocks)
+            if stage + 1 < len(self.swin.layers):
+                modules.append(self.swin.layers[stage + 1].downsample)
+        return modules
+
+    def train(self, mode: bool = True) -> "SwinBackbone":
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
 
     @property
     def out_channels(self) -> tuple[int, ...]:
