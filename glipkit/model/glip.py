@@ -132,9 +132,9 @@ class GLIP(nn.Module):
             if config is None:
                 raise weights_io.CheckpointError(f"{path}: neither an official GLIP checkpoint nor a glipkit one "
                                                  "(no config in its metadata)")
-        with torch.device("meta"):
-            model = cls(config)
-        model = model.to_empty(device="cpu")
+        # Built for real (not on the meta device): timm's non-persistent buffers, e.g. relative_position_index,
+        # are not in any checkpoint and must be computed at construction.
+        model = cls(config)
         if "prompt_tuning.weight" in state:
             model.enable_prompt_tuning()
         weights_io.load_state_dict_checked(model, state)

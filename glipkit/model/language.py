@@ -41,7 +41,7 @@ def bert_config(cfg: LanguageConfig):
         hidden_dropout_prob=cfg.hidden_dropout_prob,
         attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
     )
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = "eager"
     return config
 
 
