@@ -29,6 +29,15 @@ PROMPT_TUNING_POSITIONS = 1000
 
 
 @dataclass
+class PromptChunk:
+    """One text pass over an image batch: a prompt and its phrase spans per image, and each image's label offset."""
+
+    prompts: list[str]
+    spans: list[list[Span]]
+    label_offsets: list[int]
+
+
+@dataclass
 class Prediction:
     """Detections of one image: absolute xyxy boxes in the original image, scores, 0-based phrase indices."""
 
@@ -90,8 +99,10 @@ class GLIP(nn.Module):
         return_candidates: bool = False,
     ) -> list[Detections]:
         """ATSS post-processing (§7) in the network-input frame; `positive_maps[b]` is (P_b, L) for image b."""
+        # Scores and boxes are computed in fp32 even when the network ran under autocast.
         return postprocess_detections(
-            outputs.bbox_reg, outputs.centerness, outputs.dot_product_logits, self.anchors(features),
+            [t.float() for t in outputs.bbox_reg], [t.float() for t in outputs.centerness],
+            [t.float() for t in outputs.dot_product_logits], self.anchors(features),
             [pm.to(outputs.dot_product_logits[0].device) for pm in positive_maps], list(image_sizes),
             postprocess or self.config.postprocess, return_candidates=return_candidates,
         )
@@ -172,6 +183,7 @@ class GLIP(nn.Module):
         box_threshold: float = 0.0,
         batch_size: int = 1,
         chunk_size: int | None = None,
+        precision: str = "fp32",
     ) -> list[Prediction]:
         """Ground phrases in images; boxes come back in original-image pixels (xyxy).
 
@@ -179,7 +191,7 @@ class GLIP(nn.Module):
         the token limit) or `prompts` (one caption for all images or one per image) with `phrase_spans`
         (character spans of the phrases to ground). A prompt without spans is split at '.' into phrases.
         `batch_size` > 1 is faster but padding changes GLIP's outputs slightly (§1.1.7); 1 reproduces the
-        official numbers.
+        official numbers. `precision` bf16/fp16 runs under autocast (deformable convs stay fp32).
         """
         if self.tokenizer is None:
             raise RuntimeError("this GLIP has no tokenizer: pass tokenizer= to GLIP.from_pretrained")
@@ -192,23 +204,36 @@ class GLIP(nn.Module):
             batch = image_list[start : start + batch_size]
             tensors, original_sizes = self.prepare_images(batch)
             pixels, sizes = batch_images(tensors, self.config.input.size_divisibility)
-            features = self.encode_image(pixels.to(device))
-            per_image: list[list[Detections]] = [[] for _ in batch]
-            for chunk_texts, chunk_spans, label_offsets in jobs(start, len(batch)):
-                encoded = encode_prompts(self.tokenizer, chunk_texts, chunk_spans, self.config.language.max_query_len)
-                language = self.encode_text(encoded.input_ids.to(device), encoded.attention_mask.to(device))
-                outputs = self.fuse_and_predict(features, language)
-                detections = self.detect(outputs, features, encoded.positive_maps, sizes)
-                for i, det in enumerate(detections):
-                    per_image[i].append(Detections(det.boxes, det.scores, det.labels + label_offsets[i]))
-            for i, chunks in enumerate(per_image):
-                boxes = torch.cat([d.boxes for d in chunks])
-                scores = torch.cat([d.scores for d in chunks])
-                labels = torch.cat([d.labels for d in chunks])
-                keep = scores >= box_threshold
-                boxes = rescale_boxes(boxes[keep], sizes[i], original_sizes[i])
-                results.append(Prediction(boxes.cpu(), scores[keep].cpu(), labels[keep].cpu(), phrases[start + i]))
+            with autocast_for(device, precision):
+                detections, _ = self.ground_batch(pixels.to(device), sizes, jobs(start, len(batch)))
+            for i, det in enumerate(detections):
+                keep = det.scores >= box_threshold
+                boxes = rescale_boxes(det.boxes[keep], sizes[i], original_sizes[i])
+                results.append(Prediction(boxes.cpu(), det.scores[keep].cpu(), det.labels[keep].cpu(),
+                                          phrases[start + i]))
         return results
+
+    def ground_batch(self, pixels: Tensor, image_sizes: Sequence[tuple[int, int]], chunks: Sequence["PromptChunk"],
+                     postprocess: PostprocessConfig | None = None) -> tuple[list[Detections], list[list[int]]]:
+        """Detections for a padded image batch against one or more prompt chunks, the image encoded once.
+
+        Returns per image the detections of all chunks concatenated (labels shifted by each chunk's offset; no
+        cross-chunk NMS, as §7.5) in the network-input frame, and the labels whose span fell beyond the token limit.
+        """
+        features = self.encode_image(pixels)
+        per_image: list[list[Detections]] = [[] for _ in image_sizes]
+        unmapped: list[list[int]] = [[] for _ in image_sizes]
+        for chunk in chunks:
+            encoded = encode_prompts(self.tokenizer, chunk.prompts, chunk.spans, self.config.language.max_query_len)
+            language = self.encode_text(encoded.input_ids.to(pixels.device), encoded.attention_mask.to(pixels.device))
+            outputs = self.fuse_and_predict(features, language)
+            for i, det in enumerate(self.detect(outputs, features, encoded.positive_maps, image_sizes, postprocess)):
+                offset = chunk.label_offsets[i]
+                per_image[i].append(Detections(det.boxes, det.scores, det.labels + offset))
+                unmapped[i].extend(j + offset for j in encoded.unmapped[i])
+        merged = [Detections(torch.cat([d.boxes for d in ds]), torch.cat([d.scores for d in ds]),
+                             torch.cat([d.labels for d in ds])) for ds in per_image]
+        return merged, unmapped
 
     def _prompt_jobs(self, count, prompts, classes, phrase_spans, chunk_size):
         """(jobs, phrases): jobs(start, n) lists (prompts, spans, label offsets) per chunk for images start..start+n;
@@ -224,7 +249,7 @@ class GLIP(nn.Module):
             for indices in chunk_indices(len(names), chunk_size):
                 text, spans = build_detection_prompt([names[i] for i in indices])
                 chunks.append((text, spans, indices[0]))
-            return (lambda start, n: [([t] * n, [s] * n, [o] * n) for t, s, o in chunks]), [names] * count
+            return (lambda start, n: [PromptChunk([t] * n, [s] * n, [o] * n) for t, s, o in chunks]), [names] * count
         if prompts is None:
             raise ValueError("predict needs `classes` or `prompts`")
         texts = [prompts] * count if isinstance(prompts, str) else list(prompts)
@@ -238,7 +263,19 @@ class GLIP(nn.Module):
         if len(spans) != count:
             raise ValueError(f"{len(spans)} phrase span lists for {count} images")
         phrases = [[t[a:b] for a, b in sp] for t, sp in zip(texts, spans)]
-        return (lambda start, n: [(texts[start : start + n], spans[start : start + n], [0] * n)]), phrases
+        return (lambda start, n: [PromptChunk(texts[start : start + n], spans[start : start + n], [0] * n)]), phrases
+
+
+def autocast_for(device: torch.device, precision: str):
+    """An autocast context for `precision` (fp32: none) on `device`."""
+    import contextlib
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in dtypes:
+        raise ValueError(f"precision must be fp32, bf16 or fp16, not '{precision}'")
+    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
 
 
 def split_phrases(prompt: str) -> list[Span]:
