@@ -214,17 +214,21 @@ class GLIP(nn.Module):
         return results
 
     def ground_batch(self, pixels: Tensor, image_sizes: Sequence[tuple[int, int]], chunks: Sequence["PromptChunk"],
-                     postprocess: PostprocessConfig | None = None) -> tuple[list[Detections], list[list[int]]]:
+                     postprocess: PostprocessConfig | None = None, pad_text_to_max_length: bool = False
+                     ) -> tuple[list[Detections], list[list[int]]]:
         """Detections for a padded image batch against one or more prompt chunks, the image encoded once.
 
         Returns per image the detections of all chunks concatenated (labels shifted by each chunk's offset; no
         cross-chunk NMS, as §7.5) in the network-input frame, and the labels whose span fell beyond the token limit.
+        `pad_text_to_max_length` pads every prompt to the token limit as the official code does (§4.2); the default
+        pads to the batch's longest prompt, which gives the same outputs on real tokens.
         """
         features = self.encode_image(pixels)
         per_image: list[list[Detections]] = [[] for _ in image_sizes]
         unmapped: list[list[int]] = [[] for _ in image_sizes]
         for chunk in chunks:
-            encoded = encode_prompts(self.tokenizer, chunk.prompts, chunk.spans, self.config.language.max_query_len)
+            encoded = encode_prompts(self.tokenizer, chunk.prompts, chunk.spans, self.config.language.max_query_len,
+                                     pad_to_max_length=pad_text_to_max_length)
             language = self.encode_text(encoded.input_ids.to(pixels.device), encoded.attention_mask.to(pixels.device))
             outputs = self.fuse_and_predict(features, language)
             for i, det in enumerate(self.detect(outputs, features, encoded.positive_maps, image_sizes, postprocess)):
