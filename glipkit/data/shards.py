@@ -116,7 +116,7 @@ def expand_braces(pattern: str) -> list[str]:
         step = 1 if hi >= lo else -1
         options = [str(i).zfill(width) if width else str(i) for i in range(lo, hi + step, step)]
     else:
-        options = _split_top_level(body, ",")
+        options = split_top_level(body, ",")
     out: list[str] = []
     for option in options:
         for rest in expand_braces(head + option + tail):
@@ -137,14 +137,15 @@ def _find_brace_group(s: str) -> tuple[int, int] | None:
                     depth -= 1
                     if depth == 0:
                         body = s[i + 1 : j]
-                        if re.fullmatch(r"-?\d+\.\.-?\d+", body) or len(_split_top_level(body, ",")) > 1:
+                        if re.fullmatch(r"-?\d+\.\.-?\d+", body) or len(split_top_level(body, ",")) > 1:
                             return i, j
                         break
         i += 1
     return None
 
 
-def _split_top_level(s: str, sep: str) -> list[str]:
+def split_top_level(s: str, sep: str) -> list[str]:
+    """Split `s` on `sep` outside braces: "a{1,2},b" -> ["a{1,2}", "b"]."""
     parts, depth, current = [], 0, []
     for ch in s:
         if ch == "{":
@@ -189,7 +190,7 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike], *, _dep
     items: list[str]
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
-        items = [text] if os.path.exists(text) else [p for p in _split_top_level(text, ",")]
+        items = [text] if os.path.exists(text) else [p for p in split_top_level(text, ",")]
     else:
         items = [os.fspath(s) for s in spec]
     out: list[Path] = []

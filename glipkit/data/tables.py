@@ -62,6 +62,30 @@ LABELS_SUFFIX = ".parquet"
 STATS_FILE = "_stats.json"
 
 
+def phrases_table(
+    keys: Sequence[str], captions: Sequence[str], phrases: Sequence[Sequence[tuple[str, int, int]]]
+) -> pa.Table:
+    """A PHRASES_SCHEMA table from parallel lists; `phrases[i]` holds (text, start, end) tuples (e.g. Phrase)."""
+    offsets = [0]
+    texts: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for row in phrases:
+        for text, start, end in row:
+            texts.append(text)
+            starts.append(start)
+            ends.append(end)
+        offsets.append(len(texts))
+    structs = pa.StructArray.from_arrays(
+        [pa.array(texts, pa.string()), pa.array(starts, pa.int32()), pa.array(ends, pa.int32())],
+        fields=list(PHRASE_TYPE),
+    )
+    column = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), structs, type=pa.list_(PHRASE_TYPE))
+    return pa.Table.from_arrays(
+        [pa.array(keys, pa.string()), pa.array(captions, pa.string()), column], schema=PHRASES_SCHEMA
+    )
+
+
 def table_metadata(command: str, settings: Mapping[str, Any]) -> dict[bytes, bytes]:
     """Key-value metadata recording the glipkit version, the producing command and its settings."""
     return {
@@ -107,7 +131,8 @@ class AtomicParquetWriter:
         self.row_group_size = row_group_size
         self.compression = compression
         self.rows_written = 0
-        self._pending: list[Mapping[str, Any]] = []
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self._tmp: Path | None = None
         self._writer: pq.ParquetWriter | None = None
 
@@ -118,26 +143,26 @@ class AtomicParquetWriter:
         return self
 
     def write_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Buffer rows (dicts keyed by column name) and flush full row groups."""
-        self._pending.extend(rows)
-        if len(self._pending) >= self.row_group_size:
-            self._flush()
+        """Append rows given as dicts keyed by column name."""
+        self.write_table(pa.Table.from_pylist(list(rows), schema=self.schema))
 
     def write_table(self, table: pa.Table) -> None:
-        """Append an Arrow table with this writer's columns."""
-        self._flush()
-        assert self._writer is not None
-        self._writer.write_table(table.select(self.schema.names).cast(self.schema))
-        self.rows_written += table.num_rows
+        """Append an Arrow table with this writer's columns; full row groups are flushed to the file."""
+        if table.num_rows == 0:
+            return
+        self._pending.append(table.select(self.schema.names).cast(self.schema))
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= self.row_group_size:
+            self._flush()
 
     def _flush(self) -> None:
         if not self._pending:
             return
         assert self._writer is not None
-        table = pa.Table.from_pylist(self._pending, schema=self.schema)
+        table = pa.concat_tables(self._pending)
         self._writer.write_table(table, row_group_size=self.row_group_size)
         self.rows_written += table.num_rows
-        self._pending = []
+        self._pending, self._pending_rows = [], 0
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._tmp is not None and self._writer is not None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 from glipkit.text.spacy_models import DEFAULT_SPACY_MODEL, resolve_spacy_model
 
@@ -37,8 +37,7 @@ GENERIC_WEB_WORDS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Phrase:
+class Phrase(NamedTuple):
     """A phrase of a caption: `caption[start:end] == text` (character offsets)."""
 
     text: str
@@ -87,15 +86,17 @@ class PhraseExtractor:
         """Phrases of each caption, in caption order."""
         captions = list(captions)
         max_phrases = self.options.max_phrases if self.options.max_phrases is not None else self.default_max_phrases
+        min_chars = self.options.min_chars
         out: list[list[Phrase]] = []
         for caption, spans in zip(captions, self.spans(captions, batch_size), strict=True):
             source = lower_same_length(caption) if self.options.lowercase else caption
             phrases: list[Phrase] = []
             seen: set[tuple[int, int]] = set()
-            for start, end in spans:
-                if end - start < self.options.min_chars or (start, end) in seen:
+            for span in spans:
+                start, end = span
+                if end - start < min_chars or span in seen:
                     continue
-                seen.add((start, end))
+                seen.add(span)
                 phrases.append(Phrase(source[start:end], start, end))
                 if max_phrases is not None and len(phrases) >= max_phrases:
                     break
@@ -241,32 +242,46 @@ class WordNgrams(PhraseExtractor):
 
     def spans(self, captions: Sequence[str], batch_size: int) -> Iterator[list[tuple[int, int]]]:
         max_n = self.options.ngram_max_n
+        limit = self.options.max_phrases if self.options.max_phrases is not None else self.default_max_phrases
+        lowercase, strip = self.options.lowercase, self.options.strip_determiners
+        min_chars = self.options.min_chars
         for caption in captions:
-            runs: list[list[tuple[int, int, str]]] = []
-            last_end = None
+            # Runs of words separated only by whitespace; n-grams never cross punctuation.
+            runs: list[list[re.Match]] = []
+            last_end = -1
             for m in _WORD.finditer(caption):
-                word = (m.start(), m.end(), m.group().lower())
-                if last_end is not None and caption[last_end : m.start()].isspace():
-                    runs[-1].append(word)
+                if last_end >= 0 and caption[last_end : m.start()].isspace():
+                    runs[-1].append(m)
                 else:
-                    runs.append([word])
+                    runs.append([m])
                 last_end = m.end()
-            spans, texts = [], set()
+            prepared = []
+            for run in runs:
+                words = [m.group().lower() for m in run]
+                kept = [0]  # prefix counts of words that are neither stop words nor generic web words
+                for w in words:
+                    kept.append(kept[-1] + (w not in self.drop_words))
+                prepared.append((run, words, kept))
+            spans: list[tuple[int, int]] = []
+            texts: set[str] = set()
             for n in range(1, max_n + 1):
-                for run in runs:
+                for run, words, kept in prepared:
                     for i in range(len(run) - n + 1):
-                        words = run[i : i + n]
-                        if self.options.strip_determiners and words[0][2] in DETERMINER_WORDS:
+                        if kept[i + n] == kept[i]:
+                            continue  # only stop words / generic words
+                        if strip and words[i] in DETERMINER_WORDS:
                             continue  # the same n-gram without its determiner is generated as well
-                        if all(w[2] in self.drop_words for w in words):
+                        start, end = run[i].start(), run[i + n - 1].end()
+                        if end - start < min_chars:
                             continue
-                        start, end = words[0][0], words[-1][1]
                         text = caption[start:end]
-                        text = lower_same_length(text) if self.options.lowercase else text
+                        text = lower_same_length(text) if lowercase else text
                         if text in texts:  # queries are texts: keep the first occurrence of each
                             continue
                         texts.add(text)
                         spans.append((start, end))
+                if limit is not None and len(spans) >= limit:
+                    break
             yield spans
 
 
