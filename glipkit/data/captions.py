@@ -1,0 +1,180 @@
+"""Caption records (key, caption or the reason there is none) from tar shards or caption files.
+
+Caption files: `.jsonl` (objects with `caption` and optionally `key`), `.parquet` (columns `caption` and
+optionally `key`), `.txt` (one caption a line). Without a key a record is keyed by its 0-based line or row
+number, zero-padded to 9 digits like img2dataset keys.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from glipkit.data.shards import (
+    CAPTION_NOT_UTF8,
+    EMPTY_CAPTION,
+    INVALID_JSON,
+    NO_CAPTION,
+    CaptionError,
+    ShardReadError,
+    expand_braces,
+    is_shard_path,
+    iter_samples,
+    sample_caption,
+    split_top_level,
+)
+from glipkit.errors import GlipkitUsageError
+
+CAPTION_FILE_SUFFIXES = (".jsonl", ".parquet", ".txt")
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    """One sample's caption, or `caption=None` and the reason it could not be used."""
+
+    key: str
+    caption: str | None
+    error: str | None = None
+
+
+def is_caption_file(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(CAPTION_FILE_SUFFIXES)
+
+
+def expand_caption_files(spec: str | os.PathLike) -> list[Path]:
+    """Caption files named by a path, a glob, a brace pattern, a directory (its caption files) or a comma
+    list of these. Raises GlipkitUsageError when a named file is missing or of an unknown type."""
+    text = os.fspath(spec)
+    items = [text] if os.path.exists(text) else [i.strip() for i in split_top_level(text, ",") if i.strip()]
+    out: list[Path] = []
+    for item in items:
+        for candidate in [item] if os.path.exists(item) else expand_braces(item):
+            path = Path(candidate).expanduser()
+            if path.is_dir():
+                found = sorted(p for p in path.iterdir() if p.is_file() and is_caption_file(p) and not p.name.startswith((".", "_")))
+                if not found:
+                    raise GlipkitUsageError(f"directory {path} holds no caption files ({', '.join(CAPTION_FILE_SUFFIXES)})")
+                out.extend(found)
+            elif glob.has_magic(candidate) and not path.exists():
+                found = sorted(Path(p) for p in glob.glob(candidate) if os.path.isfile(p))
+                if not found:
+                    raise GlipkitUsageError(f"glob {candidate!r} matches no caption files")
+                out.extend(found)
+            elif not path.is_file():
+                raise GlipkitUsageError(f"caption file {path} does not exist")
+            else:
+                out.append(path)
+    unknown = [p for p in out if not is_caption_file(p)]
+    if unknown:
+        raise GlipkitUsageError(f"{unknown[0]}: caption files must be .jsonl, .parquet or .txt")
+    seen: set[Path] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def iter_caption_records(path: str | os.PathLike) -> Iterator[CaptionRecord]:
+    """Caption records of a tar shard (images are not read) or a caption file, in file order.
+
+    A damaged input raises ShardReadError after the records before the damage were yielded.
+    """
+    path = Path(path)
+    if is_shard_path(path):
+        yield from _shard_records(path)
+    elif str(path).lower().endswith(".jsonl"):
+        yield from _jsonl_records(path)
+    elif str(path).lower().endswith(".parquet"):
+        yield from _parquet_records(path)
+    elif str(path).lower().endswith(".txt"):
+        yield from _txt_records(path)
+    else:
+        raise ShardReadError(path, "unknown input type (expected a .tar shard, .jsonl, .parquet or .txt)")
+
+
+def _shard_records(path: Path) -> Iterator[CaptionRecord]:
+    for sample in iter_samples(path, with_images=False, extensions=("txt", "json")):
+        try:
+            yield CaptionRecord(sample.key, sample_caption(sample))
+        except CaptionError as e:
+            yield CaptionRecord(sample.key, None, e.reason)
+
+
+def _checked(key: str, caption: object) -> CaptionRecord:
+    if isinstance(caption, bytes):
+        try:
+            caption = caption.decode("utf-8")
+        except UnicodeDecodeError:
+            return CaptionRecord(key, None, CAPTION_NOT_UTF8)
+    if not isinstance(caption, str):
+        return CaptionRecord(key, None, NO_CAPTION)
+    if not caption.strip():
+        return CaptionRecord(key, None, EMPTY_CAPTION)
+    return CaptionRecord(key, caption)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    try:
+        handle = open(path, "rb")
+    except OSError as e:
+        raise ShardReadError(path, f"cannot open: {e.strerror or e}") from None
+    with handle:
+        try:
+            for number, line in enumerate(handle):
+                yield number, line.rstrip(b"\r\n")
+        except OSError as e:
+            raise ShardReadError(path, f"read error: {e}") from None
+
+
+def _jsonl_records(path: Path) -> Iterator[CaptionRecord]:
+    for number, line in _lines(path):
+        default_key = f"{number:09d}"
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            yield CaptionRecord(default_key, None, CAPTION_NOT_UTF8)
+            continue
+        except ValueError:
+            yield CaptionRecord(default_key, None, INVALID_JSON)
+            continue
+        if not isinstance(obj, dict):
+            yield CaptionRecord(default_key, None, INVALID_JSON)
+            continue
+        key = obj.get("key")
+        yield _checked(str(key) if key is not None else default_key, obj.get("caption"))
+
+
+def _txt_records(path: Path) -> Iterator[CaptionRecord]:
+    for number, line in _lines(path):
+        key = f"{number:09d}"
+        try:
+            yield _checked(key, line.decode("utf-8"))
+        except UnicodeDecodeError:
+            yield CaptionRecord(key, None, CAPTION_NOT_UTF8)
+
+
+def _parquet_records(path: Path) -> Iterator[CaptionRecord]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise ShardReadError(path, f"not a readable Parquet file: {e}") from None
+    names = parquet.schema_arrow.names
+    if "caption" not in names:
+        raise ShardReadError(path, f"no 'caption' column (columns: {', '.join(names)})")
+    columns = ["caption"] + (["key"] if "key" in names else [])
+    row = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=8192, columns=columns):
+            data = batch.to_pydict()
+            keys = data.get("key") or [None] * batch.num_rows
+            for key, caption in zip(keys, data["caption"]):
+                yield _checked(str(key) if key is not None else f"{row:09d}", caption)
+                row += 1
+    except (OSError, pa.ArrowException) as e:
+        raise ShardReadError(path, f"Parquet read error: {e}", samples_read=row) from None
