@@ -1,5 +1,7 @@
 """Imports every command module so that each registers itself on the app."""
 
 # One import per command module; keep the list sorted.
+from glipkit.cli import evaluate  # noqa: F401
+from glipkit.cli import extract_phrases  # noqa: F401
 from glipkit.cli import models  # noqa: F401
 from glipkit.cli import predict  # noqa: F401
