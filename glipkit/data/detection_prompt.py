@@ -1,0 +1,93 @@
+"""GLIP's training prompt for detection data: positive classes plus sampled negatives (GLIP_SPEC.md §4.5)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from glipkit.data.grounding_example import Span
+from glipkit.model.prompts import build_detection_prompt, clean_name
+
+
+@dataclass
+class DetectionPromptConfig:
+    """Constants of `od_to_grounding` in the pretrain configs (§4.5)."""
+
+    max_negatives: int = 85  # DATASETS.RANDOM_SAMPLE_NEG
+    all_negatives_prob: float = 0.5  # CONTROL_PROB[2]: use all (up to max_negatives) negatives
+    max_tokens: int = 254  # 256 minus [CLS] and [SEP]
+    separator: str = ". "
+    shuffle: bool = True  # False = DATASETS.DISABLE_SHUFFLE (fixed class order, ODinW fine-tuning)
+
+
+@dataclass
+class DetectionPrompt:
+    """A detection prompt and the character span of each class it names; `dropped` classes did not fit."""
+
+    text: str
+    spans: dict[int, Span]
+    dropped: list[int]
+
+
+class DetectionPromptBuilder:
+    """Builds training prompts over a fixed vocabulary {class id: name} with a tokenizer to count tokens."""
+
+    def __init__(self, class_names: Mapping[int, str], tokenizer, cfg: DetectionPromptConfig | None = None) -> None:
+        self.class_names = {int(k): clean_name(str(v)) for k, v in class_names.items()}
+        self.order = sorted(self.class_names)
+        self.tokenizer = tokenizer
+        self.cfg = cfg or DetectionPromptConfig()
+        self._costs: dict[int, int] = {}
+
+    def _cost(self, class_id: int) -> int:
+        # §4.5: each class costs its name's word pieces plus the separator's.
+        if class_id not in self._costs:
+            self._costs[class_id] = len(self.tokenizer.tokenize(self.class_names[class_id] + self.cfg.separator))
+        return self._costs[class_id]
+
+    def __call__(self, positive_ids: Sequence[int], rng: random.Random) -> DetectionPrompt:
+        cfg = self.cfg
+        positives = sorted({int(c) for c in positive_ids})
+        unknown = [c for c in positives if c not in self.class_names]
+        if unknown:
+            raise ValueError(f"category ids {unknown} are not in the vocabulary")
+        if cfg.shuffle:
+            rng.shuffle(positives)
+        # check_for_positive_overflow: positives in random order while they fit; the rest are dropped (§4.5).
+        kept, used = [], 0
+        for class_id in positives:
+            cost = self._cost(class_id)
+            if used + cost > cfg.max_tokens:
+                break
+            kept.append(class_id)
+            used += cost
+        dropped = [c for c in positives if c not in kept]
+
+        candidates = [c for c in self.order if c not in positives]
+        if cfg.shuffle:
+            limit = min(cfg.max_negatives, len(candidates))
+            if rng.random() < cfg.all_negatives_prob or limit == 0:
+                count = limit
+            else:
+                count = rng.randint(1, limit)
+            negatives = rng.sample(candidates, count)
+        else:
+            negatives = candidates[: cfg.max_negatives]
+        # The negative pre-screen: only negatives that still fit in the token budget.
+        screened = []
+        for class_id in negatives:
+            cost = self._cost(class_id)
+            if used + cost > cfg.max_tokens:
+                continue
+            screened.append(class_id)
+            used += cost
+
+        ids = kept + screened
+        if cfg.shuffle:
+            rng.shuffle(ids)
+        else:
+            ids.sort()
+        text, spans = build_detection_prompt([self.class_names[c] for c in ids], separator=cfg.separator,
+                                             clean=False)
+        return DetectionPrompt(text, dict(zip(ids, spans)), dropped)

@@ -1,0 +1,279 @@
+"""Pseudo-labelled data: `pseudo-label` Parquet tables joined by key with the shards they label, streamed.
+
+Filters run at load time on the table alone (`min_score` per box, optional per-phrase NMS, `max_boxes`,
+`min_boxes` per image), so the kept images per shard are known before any image is read. Images are read
+shard by shard, in file order, and shuffled inside chunks of `shuffle_chunk` kept samples; shard order is
+shuffled per epoch. Position p of the source is the same sample in every process and after a resume.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from glipkit.data.detection_prompt import DetectionPromptBuilder, DetectionPromptConfig
+from glipkit.data.grounding_example import BadSample, GroundingExample, Span, clean_boxes, decode_image
+from glipkit.data.shards import ShardReadError, expand_shards, iter_samples, shard_stem
+from glipkit.data.tables import LABELS_SUFFIX, PHRASES_SUFFIX, iter_rows
+from glipkit.model.boxes import batched_nms
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+_COLUMNS = ["key", "caption", "phrases", "shard", "width", "height", "boxes"]
+
+
+@dataclass
+class PseudoFilter:
+    """Load-time filters of pseudo-labels (none by default: keep what the table holds)."""
+
+    min_score: float = 0.0
+    min_boxes: int = 1
+    nms_iou: float | None = None  # per-phrase NMS IoU threshold (+1 convention), None = off
+    max_boxes: int | None = None
+
+
+@dataclass
+class PseudoAnnotation:
+    """The kept pseudo-labels of one image: boxes (xyxy, original pixels), phrase index per box, the row's text."""
+
+    key: str
+    caption: str
+    phrases: list[tuple[str, int, int]]
+    width: int
+    height: int
+    boxes: np.ndarray
+    phrase_index: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass
+class PseudoShard:
+    """A labels table, the shard it labels, and how many of its images pass the filters."""
+
+    table: Path
+    shard: Path
+    kept: int
+    rows: int
+
+
+def filter_row(row: dict, flt: PseudoFilter) -> PseudoAnnotation | None:
+    """Apply the filters to one table row; None when the image keeps fewer than `min_boxes` boxes."""
+    phrases = [(str(p["text"]), int(p["start"]), int(p["end"])) for p in row.get("phrases") or []]
+    raw = [b for b in row.get("boxes") or [] if b["score"] >= flt.min_score and 0 <= b["phrase"] < len(phrases)]
+    boxes = np.array([[b["x0"], b["y0"], b["x1"], b["y1"]] for b in raw], np.float32).reshape(-1, 4)
+    scores = np.array([b["score"] for b in raw], np.float32)
+    labels = np.array([b["phrase"] for b in raw], np.int64)
+    if flt.nms_iou is not None and len(raw) > 1:
+        keep = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels),
+                           flt.nms_iou).numpy()
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if flt.max_boxes is not None and len(scores) > flt.max_boxes:
+        top = np.sort(np.argsort(-scores, kind="stable")[: flt.max_boxes])
+        boxes, scores, labels = boxes[top], scores[top], labels[top]
+    if len(scores) < flt.min_boxes:
+        return None
+    return PseudoAnnotation(str(row["key"]), str(row.get("caption") or ""), phrases, int(row.get("width") or 0),
+                            int(row.get("height") or 0), boxes, labels, scores)
+
+
+def label_tables(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The label Parquet files of a directory (its `*.parquet`, not `*.phrases.parquet`), a glob or a list."""
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    tables: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.name.endswith(LABELS_SUFFIX)
+                           and not p.name.endswith(PHRASES_SUFFIX) and not p.name.startswith((".", "_")))
+            if not found:
+                raise FileNotFoundError(f"no pseudo-label tables (*.parquet) in {path}")
+            tables.extend(found)
+        elif path.is_file():
+            tables.append(path)
+        else:
+            import glob
+
+            matches = sorted(Path(p) for p in glob.glob(str(item)))
+            if not matches:
+                raise FileNotFoundError(f"pseudo-label tables not found: {item}")
+            tables.extend(matches)
+    return tables
+
+
+class PseudoLabelSource:
+    """Pseudo-labels joined with their shards: the caption (or a class prompt) grounds the teacher's boxes.
+
+    `shards` (a shard spec) says where the shards are, matched to each table's `shard` column by file stem;
+    without it the column's path is used as written (relative paths from the working directory, then from
+    the tables' directory). `prompt`: "caption" uses the row's caption and phrase spans; "classes" builds
+    GLIP's detection prompt (§4.5) from the phrase texts over the vocabulary of all tables; "auto" picks
+    "caption" when every phrase span matches its caption text, else "classes".
+    """
+
+    def __init__(
+        self,
+        labels: str | os.PathLike | Sequence[str | os.PathLike],
+        tokenizer,
+        *,
+        shards: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        name: str = "pseudo",
+        filters: PseudoFilter | None = None,
+        prompt: str = "auto",
+        prompt_cfg: DetectionPromptConfig | None = None,
+        box_policy: str = "clip",
+        shuffle_chunk: int = 1000,
+        shuffle: bool = True,
+    ) -> None:
+        if prompt not in ("auto", "caption", "classes"):
+            raise ValueError(f"pseudo prompt must be auto, caption or classes, not {prompt!r}")
+        self.name = name
+        self.filters = filters or PseudoFilter()
+        self.box_policy = box_policy
+        self.shuffle_chunk = max(1, int(shuffle_chunk))
+        self.shuffle = shuffle
+        tables = label_tables(labels)
+        by_stem = {shard_stem(p): p for p in expand_shards(shards)} if shards is not None else None
+
+        self.shards: list[PseudoShard] = []
+        vocabulary: set[str] = set()
+        spans_match = True
+        self.rows = 0
+        for table in tables:
+            kept, rows, shard_value = 0, 0, None
+            for row in iter_rows(table, columns=_COLUMNS):
+                rows += 1
+                shard_value = shard_value or row.get("shard")
+                annotation = filter_row(row, self.filters)
+                if annotation is None:
+                    continue
+                kept += 1
+                for text, start, end in annotation.phrases:
+                    vocabulary.add(text)
+                    spans_match &= annotation.caption[start:end] == text
+            self.rows += rows
+            if rows == 0:
+                continue
+            shard = self._resolve_shard(table, shard_value, by_stem)
+            self.shards.append(PseudoShard(table, shard, kept, rows))
+        self.count = sum(s.kept for s in self.shards)
+        if self.count == 0:
+            raise ValueError(f"no pseudo-labelled image passes the filters ({self.rows} rows in {len(tables)} "
+                             f"tables; min score {self.filters.min_score}, min boxes {self.filters.min_boxes})")
+        self.prompt_mode = ("caption" if spans_match else "classes") if prompt == "auto" else prompt
+        self.vocabulary = sorted(vocabulary)
+        ids = {text: i for i, text in enumerate(self.vocabulary)}
+        self.vocabulary_ids = ids
+        self.prompts = DetectionPromptBuilder(dict(enumerate(self.vocabulary)), tokenizer, prompt_cfg) \
+            if self.prompt_mode == "classes" else None
+
+    @staticmethod
+    def _resolve_shard(table: Path, value: str | None, by_stem: dict[str, Path] | None) -> Path:
+        stem = shard_stem(value) if value else table.name[: -len(LABELS_SUFFIX)]
+        if by_stem is not None:
+            if stem not in by_stem:
+                raise FileNotFoundError(f"{table}: its shard '{value or stem}' is not among the given shards")
+            return by_stem[stem]
+        for candidate in ([Path(value), table.parent / value] if value else []):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"{table}: cannot find its shard '{value or stem}'; pass the shards' location "
+                                "(--pseudo-shards)")
+
+    def __len__(self) -> int:
+        return self.count
+
+    # -- streaming ------------------------------------------------------------------------------------------------
+
+    def stream(self, start: int, seed: int) -> Iterator[tuple]:
+        epoch, offset = divmod(start, self.count)
+        while True:
+            order = list(range(len(self.shards)))
+            if self.shuffle:
+                random.Random(f"{seed}:{self.name}:epoch{epoch}").shuffle(order)
+            for shard_index in order:
+                kept = self.shards[shard_index].kept
+                if offset >= kept:
+                    offset -= kept
+                    continue
+                yield from itertools.islice(self._shard_items(shard_index, seed, epoch), offset, None)
+                offset = 0
+            epoch += 1
+
+    def _annotations(self, shard: PseudoShard) -> dict[str, PseudoAnnotation]:
+        kept = {}
+        for row in iter_rows(shard.table, columns=_COLUMNS):
+            annotation = filter_row(row, self.filters)
+            if annotation is not None:
+                kept[annotation.key] = annotation
+        return kept
+
+    def _shard_items(self, shard_index: int, seed: int, epoch: int) -> Iterator[tuple]:
+        """All `kept` items of one shard: found samples chunk-shuffled in file order, then the missing ones."""
+        shard = self.shards[shard_index]
+        annotations = self._annotations(shard)
+        if len(annotations) != shard.kept:
+            raise RuntimeError(f"{shard.table} changed while training ({len(annotations)} kept rows, "
+                               f"{shard.kept} before)")
+        chunk: list[tuple] = []
+        chunk_number = 0
+        found: set[str] = set()
+        failure = None
+
+        def flush() -> list[tuple]:
+            items = list(chunk)
+            if self.shuffle:
+                random.Random(f"{seed}:{self.name}:epoch{epoch}:{shard_index}:{chunk_number}").shuffle(items)
+            return items
+
+        try:
+            for sample in iter_samples(shard.shard):
+                annotation = annotations.get(sample.key)
+                if annotation is None or sample.key in found:
+                    continue
+                found.add(sample.key)
+                image_bytes = next((sample.files[e] for e in IMAGE_EXTENSIONS if e in sample.files), None)
+                chunk.append((annotation, image_bytes, None))
+                if len(chunk) == self.shuffle_chunk:
+                    yield from flush()
+                    chunk, chunk_number = [], chunk_number + 1
+        except ShardReadError as error:
+            failure = f"unreadable shard ({error.reason})"
+        yield from flush()
+        reason = failure or "key not found in its shard"
+        for key, annotation in annotations.items():
+            if key not in found:
+                yield (annotation, None, reason)
+
+    def materialize(self, item: tuple, rng: random.Random) -> GroundingExample:
+        annotation, image_bytes, reason = item
+        key = annotation.key
+        if reason is not None:
+            raise BadSample(reason, key)
+        if image_bytes is None:
+            raise BadSample("no image in sample", key)
+        image = decode_image(image_bytes, key)
+        boxes = annotation.boxes
+        if annotation.width > 0 and annotation.height > 0 and (image.width, image.height) != (
+                annotation.width, annotation.height):
+            # The table's boxes are in the pixels the teacher saw; follow a re-encoded image's size.
+            scale = np.array([image.width / annotation.width, image.height / annotation.height] * 2, np.float32)
+            boxes = boxes * scale
+        boxes, kept, events = clean_boxes(boxes, image.width, image.height, self.box_policy)
+        phrase_index = annotation.phrase_index[kept]
+        if self.prompt_mode == "caption":
+            spans: list[list[Span]] = [[annotation.phrases[p][1:]] for p in phrase_index]
+            return GroundingExample(key, image, annotation.caption, boxes, spans, self.name, events)
+        assert self.prompts is not None
+        classes = [self.vocabulary_ids[annotation.phrases[p][0]] for p in phrase_index]
+        prompt = self.prompts(classes, rng)
+        fits = [i for i, c in enumerate(classes) if c in prompt.spans]
+        if len(fits) < len(classes):
+            events["class did not fit in the prompt"] = len(classes) - len(fits)
+        return GroundingExample(key, image, prompt.text, boxes[fits], [[prompt.spans[classes[i]]] for i in fits],
+                                self.name, events)
