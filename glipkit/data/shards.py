@@ -272,17 +272,18 @@ class _LastBlockReader(io.RawIOBase):
         return self._inner.tell()
 
 
-def _open_stream(path: Path) -> IO[bytes]:
+def _open_stream(path: Path) -> tuple[IO[bytes], IO[bytes]]:
+    """(stream of tar bytes, underlying file): decompresses gzip/bzip2/xz shards by their magic bytes."""
     raw = open(path, "rb")
     magic = raw.read(6)
     raw.seek(0)
     if magic[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw), raw  # type: ignore[return-value]
     if magic[:3] == b"BZh":
-        return bz2.BZ2File(raw)  # type: ignore[return-value]
+        return bz2.BZ2File(raw), raw  # type: ignore[return-value]
     if magic == b"\xfd7zXZ\x00":
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
-    return raw
+        return lzma.LZMAFile(raw), raw  # type: ignore[return-value]
+    return raw, raw
 
 
 def _split_name(name: str) -> tuple[str, str] | None:
@@ -315,7 +316,7 @@ def iter_samples(
         return with_images or ext.rsplit(".", 1)[-1] not in MEDIA_EXTENSIONS
 
     try:
-        stream = _open_stream(path)
+        stream, raw = _open_stream(path)
     except OSError as e:
         raise ShardReadError(path, f"cannot open: {e.strerror or e}") from None
     reader = _LastBlockReader(stream)
@@ -358,6 +359,7 @@ def iter_samples(
             yield Sample(key, str(path), files, tuple(seen))
     finally:
         stream.close()
+        raw.close()  # a decompressor does not close the file it was given
 
 
 def _end_of_archive_problem(tar: tarfile.TarFile, reader: _LastBlockReader) -> str | None:
