@@ -41,6 +41,14 @@ class TrainingBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def pin_memory(self) -> "TrainingBatch":
+        """Page-locked copies of the tensors (DataLoader pin_memory=True calls this)."""
+        return TrainingBatch(
+            self.images.pin_memory(), self.image_sizes, self.input_ids.pin_memory(), self.attention_mask.pin_memory(),
+            [GroundingTargets(t.boxes.pin_memory(), t.positive_map.pin_memory()) for t in self.targets],
+            self.keys, self.sources, self.events, self.step, self.skipped,
+        )
+
     def to(self, device: torch.device | str) -> "TrainingBatch":
         """The same batch with its tensors on `device`."""
         return TrainingBatch(
