@@ -62,8 +62,6 @@ def write_coco_split(
 
 def vocabulary_words() -> list[str]:
     """Every word the synthetic captions and class names use, lower-cased, in a fixed order."""
-
-
     texts = list(COLORS) + list(CATEGORIES) + list(PLURALS.values()) + list(_COUNT_WORDS.values())
     texts += [f"{prep} {place}" for prep, place, _ in BACKGROUNDS.values()]
     texts += ["a an the photo of close-up with and to left right above below front in on"]

@@ -264,7 +264,7 @@ class Trainer:
             self._resume(train_state.resolve_resume(cfg.resume, cfg.out))
 
         self.ddp = self.model
-        if self.context.is_distributed:
+        if self.context.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp = DistributedDataParallel(
@@ -390,7 +390,7 @@ class Trainer:
 
     def _global_sum(self, values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        if self.context.is_distributed:
+        if self.context.world_size > 1:
             dist.all_reduce(tensor)
         return tensor.tolist()
 
@@ -402,7 +402,7 @@ class Trainer:
             return None
         if local_images == 0:
             batch = _dummy_batch(self.device)
-        sync = contextlib.nullcontext() if last or not self.context.is_distributed else self.ddp.no_sync()
+        sync = contextlib.nullcontext() if last or self.context.world_size == 1 else self.ddp.no_sync()
         with sync:
             with self._autocast():
                 outputs = self.ddp(batch.images, batch.input_ids, batch.attention_mask)
