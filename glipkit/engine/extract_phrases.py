@@ -30,6 +30,7 @@ from glipkit.text.spacy_models import DEFAULT_SPACY_MODEL, resolve_spacy_model
 COMMAND = "extract-phrases"
 MAX_SKIPPED_KEYS = 100
 DAMAGED = "truncated or corrupt input"  # skip reason of the sample being read when an input turned out damaged
+EXTRACTOR_ERROR = "extractor error"  # skip reason of a caption the extractor raised on
 
 # ShardResult.status values
 DONE = "done"  # read to the end, output written
@@ -190,7 +191,11 @@ def process_input(
             captions: list[str] = []
 
             def flush() -> None:
-                phrases = extractor.extract(captions, batch_size=settings.batch_size)
+                nonlocal keys, captions
+                try:
+                    phrases = extractor.extract(captions, batch_size=settings.batch_size)
+                except Exception:
+                    keys, captions, phrases = _isolate_bad_captions(extractor, keys, captions, skip)
                 source = captions
                 if extractor.options.lowercase:
                     # Spans index the lowercased caption: store that one so caption[start:end] == text holds.
@@ -202,8 +207,7 @@ def process_input(
                 result.written += len(captions)
                 if on_captions is not None:
                     on_captions(len(captions))
-                keys.clear()
-                captions.clear()
+                keys, captions = [], []
 
             try:
                 for record in records:
@@ -237,6 +241,25 @@ def process_input(
     result.phrases_per_caption_hist = {str(n): hist[n] for n in sorted(hist)} if result.status != FAILED else {}
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+def _isolate_bad_captions(extractor: PhraseExtractor, keys: list[str], captions: list[str], skip):
+    """After a chunk failed: extract caption by caption, skipping those the extractor fails on. If it fails on
+    every caption of a chunk of several, the fault is not in the data: re-raise (the shard fails)."""
+    good_keys, good_captions, phrases = [], [], []
+    first_error: Exception | None = None
+    for key, caption in zip(keys, captions):
+        try:
+            phrases.append(extractor.extract([caption], batch_size=1)[0])
+        except Exception as e:
+            first_error = first_error or e
+            skip(key, EXTRACTOR_ERROR)
+            continue
+        good_keys.append(key)
+        good_captions.append(caption)
+    if not good_captions and len(captions) > 1 and first_error is not None:
+        raise first_error
+    return good_keys, good_captions, phrases
 
 
 class _NoOutput(Exception):
