@@ -1,0 +1,208 @@
+"""Statistics of the pseudo-label job: one entry per shard, written by the rank that labelled it, merged by rank 0.
+
+Each shard's entry goes to `<out>/_stats/shards/<stem>.json` (atomically) before its table is renamed into
+place, so a finished table always has its entry. Each rank writes `<out>/_stats/ranks/rank-NNNNN.json` at the
+end of its run. Only rank 0 writes `<out>/_stats.json`: the shard entries (data/tables.update_stats, which sums
+counts into `totals`) plus a `summary` with merged histograms, top phrases and throughput. No file is written by
+two processes, so nothing races, on any filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from glipkit.data.shards import shard_stem
+from glipkit.data.tables import update_stats
+
+STATS_DIR = "_stats"
+MAX_FAILED_KEYS = 100  # per shard
+TOP_PHRASES_PER_SHARD = 50
+TOP_PHRASES = 100
+SCORE_BIN = 0.05
+
+
+def shard_stats_path(out_dir: str | os.PathLike, shard: str | os.PathLike) -> Path:
+    return Path(out_dir) / STATS_DIR / "shards" / f"{shard_stem(shard)}.json"
+
+
+def rank_stats_path(out_dir: str | os.PathLike, rank: int) -> Path:
+    return Path(out_dir) / STATS_DIR / "ranks" / f"rank-{rank:05d}.json"
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON under a hidden temporary name, fsync, rename: readers see the old or the new file, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=1, ensure_ascii=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _score_bin(score: float) -> str:
+    index = min(int(score / SCORE_BIN), int(round(1 / SCORE_BIN)) - 1)
+    return f"{index * SCORE_BIN:.2f}"
+
+
+class ShardStats:
+    """Counts for one shard, fed row by row and failure by failure."""
+
+    def __init__(self, shard: str, rank: int):
+        self.shard = shard
+        self.rank = rank
+        self.written = 0
+        self.labelled = 0
+        self.boxes = 0
+        self.phrases = 0
+        self.phrases_beyond_token_limit = 0
+        self.images_flagged = 0
+        self.failed_by_reason: Counter[str] = Counter()
+        self.failed_keys: list[dict[str, str]] = []
+        self.flagged_by_reason: Counter[str] = Counter()
+        self.boxes_per_image: Counter[int] = Counter()
+        self.phrases_per_image: Counter[int] = Counter()
+        self.scores: Counter[str] = Counter()
+        self.top_phrases: Counter[str] = Counter()
+
+    def add_row(self, row: Mapping[str, Any], labelled: bool, beyond_limit: int = 0) -> None:
+        """Count a written row (`labelled`: it went through the model)."""
+        self.written += 1
+        self.labelled += labelled
+        boxes = row["boxes"]
+        self.boxes += len(boxes)
+        self.boxes_per_image[len(boxes)] += 1
+        self.phrases += len(row["phrases"])
+        self.phrases_per_image[len(row["phrases"])] += 1
+        self.phrases_beyond_token_limit += beyond_limit
+        flags = row.get("flags") or ()
+        self.images_flagged += bool(flags)
+        for flag in flags:
+            self.flagged_by_reason[flag] += 1
+        grounded = set()
+        for box in boxes:
+            self.scores[_score_bin(box["score"])] += 1
+            grounded.add(box["phrase"])
+        for index in grounded:
+            self.top_phrases[row["phrases"][index]["text"].lower()] += 1
+
+    def add_failure(self, key: str, reason: str, detail: str = "") -> None:
+        self.failed_by_reason[reason] += 1
+        if len(self.failed_keys) < MAX_FAILED_KEYS:
+            self.failed_keys.append({"key": key, "reason": reason, "detail": detail[:300]})
+
+    def entry(self, status: str, read: int, output: str | None, error: str | None, seconds: float,
+              image_pixels: int = 0, batch_pixels: int = 0) -> dict[str, Any]:
+        """The shard's `_stats.json` entry. Integer fields are summed into `totals`; dicts are merged by rank 0."""
+        return {
+            "input": self.shard,
+            "output": output,
+            "status": status,
+            "error": error,
+            "read": read,
+            "written": self.written,
+            "labelled": self.labelled,
+            "failed": sum(self.failed_by_reason.values()),
+            "boxes": self.boxes,
+            "phrases": self.phrases,
+            "phrases_beyond_token_limit": self.phrases_beyond_token_limit,
+            "images_flagged": self.images_flagged,
+            "failed_by_reason": dict(self.failed_by_reason),
+            "flagged_by_reason": dict(self.flagged_by_reason),
+            "failed_keys": self.failed_keys,
+            "boxes_per_image_hist": {str(k): v for k, v in sorted(self.boxes_per_image.items())},
+            "phrases_per_image_hist": {str(k): v for k, v in sorted(self.phrases_per_image.items())},
+            "score_hist": dict(sorted(self.scores.items())),
+            "top_phrases": dict(self.top_phrases.most_common(TOP_PHRASES_PER_SHARD)),
+            "run": {
+                "rank": self.rank,
+                "seconds": round(seconds, 3),
+                "images_per_s": round(read / seconds, 3) if seconds > 0 else None,
+                "boxes_per_s": round(self.boxes / seconds, 3) if seconds > 0 else None,
+                "padding_fraction": round(1 - image_pixels / batch_pixels, 4) if batch_pixels else None,
+                "image_pixels": image_pixels,
+                "batch_pixels": batch_pixels,
+            },
+        }
+
+
+def read_shard_entries(out_dir: str | os.PathLike, shards: Iterable[str | os.PathLike]) -> dict[str, dict]:
+    """The per-shard entries that exist for these shards, by shard stem."""
+    entries = {}
+    for shard in shards:
+        path = shard_stats_path(out_dir, shard)
+        try:
+            with open(path, encoding="utf-8") as f:
+                entries[shard_stem(shard)] = json.load(f)
+        except (OSError, ValueError):
+            continue
+    return entries
+
+
+def _merge_hist(entries: Iterable[Mapping], name: str, numeric_keys: bool) -> dict[str, int]:
+    total: Counter = Counter()
+    for entry in entries:
+        total.update(entry.get(name) or {})
+    keys = sorted(total, key=(lambda k: int(k)) if numeric_keys else (lambda k: float(k)))
+    return {k: total[k] for k in keys}
+
+
+def summary(entries: Mapping[str, Mapping], rank_runs: Iterable[Mapping]) -> dict[str, Any]:
+    """Histograms and top phrases merged over shard entries, and the throughput of the last run over all ranks."""
+    values = list(entries.values())
+    phrases: Counter[str] = Counter()
+    for entry in values:
+        phrases.update(entry.get("top_phrases") or {})
+    written = sum(e.get("written", 0) for e in values)
+    image_pixels = sum((e.get("run") or {}).get("image_pixels", 0) for e in values)
+    batch_pixels = sum((e.get("run") or {}).get("batch_pixels", 0) for e in values)
+    runs = list(rank_runs)
+    seconds = max((r.get("seconds", 0.0) for r in runs), default=0.0)
+    images = sum(r.get("images_read", 0) for r in runs)
+    boxes = sum(r.get("boxes", 0) for r in runs)
+    return {
+        "boxes_per_image_hist": _merge_hist(values, "boxes_per_image_hist", True),
+        "phrases_per_image_hist": _merge_hist(values, "phrases_per_image_hist", True),
+        "score_hist": _merge_hist(values, "score_hist", False),
+        "top_phrases": dict(phrases.most_common(TOP_PHRASES)),
+        "boxes_per_image": round(sum(e.get("boxes", 0) for e in values) / written, 4) if written else 0.0,
+        "padding_fraction": round(1 - image_pixels / batch_pixels, 4) if batch_pixels else None,
+        "last_run": {
+            "ranks": len(runs),
+            "images_read": images,
+            "boxes": boxes,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(images / seconds, 3) if seconds > 0 else None,
+            "boxes_per_s": round(boxes / seconds, 3) if seconds > 0 else None,
+            "per_rank": runs,
+        },
+    }
+
+
+def read_rank_runs(out_dir: str | os.PathLike, world_size: int) -> list[dict]:
+    """The run records of ranks 0..world_size-1 (older files of higher ranks are ignored)."""
+    runs = []
+    for rank in range(world_size):
+        try:
+            with open(rank_stats_path(out_dir, rank), encoding="utf-8") as f:
+                runs.append(json.load(f))
+        except (OSError, ValueError):
+            continue
+    return runs
+
+
+def merge_stats(out_dir: str | os.PathLike, shards: Iterable[str | os.PathLike], header: Mapping[str, Any],
+                world_size: int) -> dict[str, Any]:
+    """Rank 0: fold the per-shard entries of `shards` and the rank run records into `<out>/_stats.json`."""
+    shards = list(shards)
+    entries = read_shard_entries(out_dir, shards)
+    info = {**header, "summary": summary(entries, read_rank_runs(out_dir, world_size))}
+    return update_stats(out_dir, entries, info)

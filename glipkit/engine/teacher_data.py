@@ -1,0 +1,274 @@
+"""The pseudo-label input pipeline: shards -> decoded, resized, aspect-ratio-bucketed uint8 image batches.
+
+`TeacherDataset` is an IterableDataset meant for a DataLoader with `batch_size=None`: each worker takes a
+disjoint slice of the (rank's) shards (data/shards.py), reads their samples, finds each caption's phrases
+(joined from an extract-phrases table, or extracted right there with the same extractors), decodes and
+resizes the images, sorts a window of them by aspect ratio and yields ready, padded batches. All of that runs
+in the workers, overlapping the model. A batch holds samples of one shard only, and after a shard's last
+batch the worker yields a `ShardEnd` with what it could not read, so the consumer can finish that shard's file.
+
+Batches depend only on a shard's content and the settings, never on the number of workers or ranks, so
+re-running a shard (resume, another rank layout) gives the same batches and the same outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS, NO_IMAGE, ImageDecodeError, decode_image, \
+    find_image_member, set_pil_pixel_limit
+from glipkit.data.shards import CaptionError, ShardReadError, iter_samples, sample_caption, shard_stem, \
+    shards_for_worker
+from glipkit.data.tables import PHRASES_SUFFIX, read_table
+from glipkit.model.transforms import batch_images, resize_image
+
+CAPTION = "caption"
+CLASSES = "classes"
+PROMPT_MODES = (CAPTION, CLASSES)
+
+# Stable failure reasons (besides those of data/images.py and data/shards.py).
+NO_PHRASES_ROW = "no row in the phrases table"
+BAD_PHRASES = "phrase spans do not match the caption"
+EXTRACTION_FAILED = "phrase extraction failed"
+DAMAGED = "truncated or corrupt shard"
+UNEXPECTED = "unexpected error"
+
+# ShardEnd.status values
+DONE = "done"  # read to the end
+PARTIAL = "partial"  # damaged part-way; the samples before the damage are in the batches
+UNREADABLE = "unreadable"  # nothing readable (missing file, not a tar)
+FAILED = "failed"  # the shard could not be processed (e.g. its phrases table is missing)
+
+
+@dataclass
+class LoaderSettings:
+    """What the workers do: prompt mode, where phrases come from, image size, batching, the pixel limit."""
+
+    prompt_mode: str = CAPTION
+    phrases_dir: Path | None = None  # extract-phrases output to join by key; None: extract on the fly
+    extraction: Any = None  # ExtractPhrasesSettings when extracting on the fly (caption mode, no phrases_dir)
+    min_size: int = 800
+    max_size: int = 1333
+    size_divisibility: int = 32
+    batch_size: int = 8
+    bucket_window: int = 4  # batches per aspect-ratio sorting window; 1 disables bucketing
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
+@dataclass
+class SampleRecord:
+    """A sample that will be a row: its position in the shard, key, caption, phrases and original size."""
+
+    index: int
+    key: str
+    caption: str
+    phrases: list[dict]  # {"text", "start", "end"}; empty in classes mode
+    width: int
+    height: int
+
+
+@dataclass
+class ImageBatch:
+    """Resized images of one shard, zero-padded to a common size (a multiple of the size divisibility)."""
+
+    shard: str
+    images: Tensor  # (B, 3, H, W) uint8 RGB
+    sizes: list[tuple[int, int]]  # each image's resized (h, w) inside the padding
+    records: list[SampleRecord]
+
+    def pin_memory(self) -> "ImageBatch":
+        return ImageBatch(self.shard, self.images.pin_memory(), self.sizes, self.records)
+
+    @property
+    def original_sizes(self) -> list[tuple[int, int]]:
+        return [(r.height, r.width) for r in self.records]
+
+
+@dataclass
+class ShardEnd:
+    """Sent after the last batch of a shard: how reading it went."""
+
+    shard: str
+    status: str = DONE
+    read: int = 0  # samples met, good or bad
+    failures: list[tuple[int, str, str, str]] = field(default_factory=list)  # (index, key, reason, detail)
+    unlabelled: list[SampleRecord] = field(default_factory=list)  # no phrase to ground: rows without a model pass
+    error: str | None = None
+    image_pixels: int = 0  # resized pixels of the batched images
+    batch_pixels: int = 0  # pixels of the padded batches (padding = batch_pixels - image_pixels)
+    worker_seconds: float = 0.0
+    extractor_settings: dict | None = None
+
+
+def phrases_path(phrases_dir: str | os.PathLike, shard: str | os.PathLike) -> Path:
+    """The extract-phrases table of a shard: `<phrases_dir>/<stem>.phrases.parquet`."""
+    return Path(phrases_dir) / f"{shard_stem(shard)}{PHRASES_SUFFIX}"
+
+
+class TeacherDataset(IterableDataset):
+    """Yields ImageBatch and ShardEnd items for the shards of this DataLoader worker (see the module docstring)."""
+
+    def __init__(self, shards: Sequence[str | os.PathLike], settings: LoaderSettings):
+        super().__init__()
+        self.shards = [str(s) for s in shards]
+        self.settings = settings
+        if settings.prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"prompt mode must be one of {', '.join(PROMPT_MODES)}")
+
+    def __iter__(self) -> Iterator[ImageBatch | ShardEnd]:
+        if get_worker_info() is not None:
+            torch.set_num_threads(1)  # workers decode; the model's process owns the cores' BLAS threads
+        set_pil_pixel_limit(self.settings.max_image_pixels)
+        for shard in shards_for_worker(self.shards):
+            yield from self.shard_items(shard)
+
+    # -- one shard ------------------------------------------------------------------------------------------------
+
+    def shard_items(self, shard: str) -> Iterator[ImageBatch | ShardEnd]:
+        """The batches of one shard, then its ShardEnd."""
+        started = time.perf_counter()
+        end = ShardEnd(shard)
+        table = None
+        if self.settings.prompt_mode == CAPTION and self.settings.phrases_dir is not None:
+            try:
+                table = _read_phrases_table(phrases_path(self.settings.phrases_dir, shard))
+            except Exception as e:
+                end.status, end.error = FAILED, f"cannot read the phrases table: {e}"
+                end.worker_seconds = time.perf_counter() - started
+                yield end
+                return
+        window: list[tuple[int, str, str, bytes, list[dict] | None]] = []
+        window_size = self.settings.batch_size * max(1, self.settings.bucket_window)
+        try:
+            for index, sample in enumerate(iter_samples(shard)):
+                end.read += 1
+                try:
+                    prepared = self._sample_fields(index, sample, table, end)
+                except Exception as e:  # never let one sample stop the shard
+                    end.failures.append((index, sample.key, UNEXPECTED, f"{type(e).__name__}: {e}"))
+                    continue
+                if prepared is not None:
+                    window.append(prepared)
+                if len(window) >= window_size:
+                    yield from self._window_batches(shard, window, end)
+                    window = []
+        except ShardReadError as e:
+            end.error = str(e)
+            if e.key is not None:
+                end.failures.append((end.read, e.key, DAMAGED, e.reason))
+                end.read += 1
+            end.status = PARTIAL if end.read - (e.key is not None) > 0 else UNREADABLE
+        if window:
+            yield from self._window_batches(shard, window, end)
+        end.worker_seconds = time.perf_counter() - started
+        if self.settings.prompt_mode == CAPTION and table is None and self.settings.extraction is not None:
+            end.extractor_settings = self._extractor().settings()
+        yield end
+
+    def _sample_fields(self, index, sample, table, end: ShardEnd):
+        """(index, key, caption, image bytes, phrases or None) of a sample, or None after recording its failure."""
+        image = find_image_member(sample.files)
+        if image is None:
+            end.failures.append((index, sample.key, NO_IMAGE, f"members: {', '.join(sample.extensions) or 'none'}"))
+            return None
+        phrases = None
+        if table is not None:
+            row = table.get(sample.key)
+            if row is None:
+                end.failures.append((index, sample.key, NO_PHRASES_ROW, ""))
+                return None
+            caption, phrases = row
+            bad = [p for p in phrases if not (0 <= p["start"] <= p["end"] <= len(caption))
+                   or caption[p["start"]:p["end"]] != p["text"]]
+            if bad:
+                end.failures.append((index, sample.key, BAD_PHRASES, repr(bad[0])))
+                return None
+        else:
+            try:
+                caption = sample_caption(sample)
+            except CaptionError as e:
+                if self.settings.prompt_mode == CAPTION:
+                    end.failures.append((index, sample.key, e.reason, str(e)))
+                    return None
+                caption = ""  # classes mode labels the image without a caption
+        return index, sample.key, caption, image[1], phrases
+
+    def _window_batches(self, shard: str, window, end: ShardEnd) -> Iterator[ImageBatch]:
+        """Find phrases (if needed), decode and resize a window of samples, sort by aspect ratio, yield batches."""
+        if self.settings.prompt_mode == CAPTION and any(w[4] is None for w in window):
+            window = self._extract(window, end)
+        decoded: list[tuple[SampleRecord, Tensor]] = []
+        for index, key, caption, data, phrases in window:
+            try:
+                image = decode_image(data, self.settings.max_image_pixels)
+            except ImageDecodeError as e:
+                end.failures.append((index, key, e.reason, e.detail))
+                continue
+            record = SampleRecord(index, key, caption, phrases or [], image.width, image.height)
+            if self.settings.prompt_mode == CAPTION and not record.phrases:
+                end.unlabelled.append(record)  # nothing to ground: written with an empty box list and a flag
+                continue
+            try:
+                resized = resize_image(image, self.settings.min_size, self.settings.max_size)
+                pixels = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+            except Exception as e:
+                end.failures.append((index, key, UNEXPECTED, f"resize: {type(e).__name__}: {e}"))
+                continue
+            decoded.append((record, pixels))
+        # Aspect-ratio bucketing: neighbours in this order have similar shapes, so batches need little padding.
+        decoded.sort(key=lambda item: (item[1].shape[1] / item[1].shape[2], item[0].index))
+        size = self.settings.batch_size
+        for start in range(0, len(decoded), size):
+            chunk = decoded[start : start + size]
+            images, sizes = batch_images([pixels for _, pixels in chunk], self.settings.size_divisibility)
+            end.image_pixels += sum(h * w for h, w in sizes)
+            end.batch_pixels += images.shape[0] * images.shape[2] * images.shape[3]
+            yield ImageBatch(shard, images, sizes, [record for record, _ in chunk])
+
+    def _extractor(self):
+        from glipkit.text.phrases import get_extractor
+
+        extraction = self.settings.extraction
+        return get_extractor(extraction.extractor, extraction.options, extraction.spacy_model)
+
+    def _extract(self, window, end: ShardEnd):
+        """Fill in the phrases of a window by extracting them, as extract-phrases does (same extractor, options)."""
+        from glipkit.text.phrases import lower_same_length
+
+        extractor = self._extractor()
+        lowercase = extractor.options.lowercase
+        captions = [w[2] for w in window]
+        batch = self.settings.extraction.batch_size
+        try:
+            found = extractor.extract(captions, batch_size=batch)
+        except Exception:  # isolate the caption that breaks the extractor
+            found = []
+            for caption in captions:
+                try:
+                    found.append(extractor.extract([caption], batch_size=1)[0])
+                except Exception as e:
+                    found.append(e)
+        out = []
+        for (index, key, caption, data, _), phrases in zip(window, found):
+            if isinstance(phrases, Exception):
+                end.failures.append((index, key, EXTRACTION_FAILED, f"{type(phrases).__name__}: {phrases}"))
+                continue
+            # extract-phrases stores the lowercased caption when phrases are lowercased, so spans index it.
+            caption = lower_same_length(caption) if lowercase else caption
+            out.append((index, key, caption, data, [p.as_dict() for p in phrases]))
+        return out
+
+
+def _read_phrases_table(path: Path) -> dict[str, tuple[str, list[dict]]]:
+    table = read_table(path, columns=["key", "caption", "phrases"]).to_pydict()
+    return {key: (caption, list(phrases or [])) for key, caption, phrases in
+            zip(table["key"], table["caption"], table["phrases"])}

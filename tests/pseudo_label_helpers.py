@@ -1,0 +1,57 @@
+"""Shared pieces of the pseudo-label tests: a tiny teacher checkpoint, demo shards, gold phrase tables, reading rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from glipkit.data.shards import iter_samples, shard_stem
+from glipkit.data.tables import PHRASES_SCHEMA, PHRASES_SUFFIX, write_table
+from glipkit.model.config import glip_tiny_test
+from glipkit.model.glip import GLIP
+
+
+def tiny_teacher(tokenizer) -> GLIP:
+    """The tiny random GLIP with the prior bias removed so that it produces boxes (scores above 0.05)."""
+    torch.manual_seed(0)
+    model = GLIP(glip_tiny_test(), tokenizer=tokenizer).eval()
+    model.head.bias0.data.fill_(0.0)
+    return model
+
+
+def save_tiny_teacher(path: Path, tokenizer) -> Path:
+    tiny_teacher(tokenizer).save_pretrained(path)
+    return path
+
+
+def write_gold_phrases(shards, out_dir: Path) -> Path:
+    """A `<stem>.phrases.parquet` per demo shard with the gold noun-phrase spans of its .json members."""
+    for shard in shards:
+        rows = []
+        for sample in iter_samples(shard):
+            meta = json.loads(sample.files["json"])
+            caption = meta["caption"]
+            spans = sorted({tuple(o["span"]) for o in meta["objects"]})
+            rows.append({"key": sample.key, "caption": caption,
+                         "phrases": [{"text": caption[a:b], "start": a, "end": b} for a, b in spans]})
+        write_table(Path(out_dir) / f"{shard_stem(shard)}{PHRASES_SUFFIX}", rows, PHRASES_SCHEMA,
+                    "extract-phrases", {"extractor": "gold"})
+    return Path(out_dir)
+
+
+def shard_keys(shards) -> list[str]:
+    return [sample.key for shard in shards for sample in iter_samples(shard, with_images=False)]
+
+
+def label_tables(out_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(out_dir).glob("*.parquet") if not p.name.startswith((".", "_")))
+
+
+def read_rows(out_dir: Path) -> list[dict]:
+    rows = []
+    for path in label_tables(out_dir):
+        rows.extend(pq.read_table(path).to_pylist())
+    return rows
