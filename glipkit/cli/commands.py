@@ -5,4 +5,5 @@ from glipkit.cli import evaluate  # noqa: F401
 from glipkit.cli import extract_phrases  # noqa: F401
 from glipkit.cli import models  # noqa: F401
 from glipkit.cli import predict  # noqa: F401
+from glipkit.cli import pseudo_label  # noqa: F401
 from glipkit.cli import train_student  # noqa: F401
