@@ -64,8 +64,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Ima
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageDecodeError(NOT_AN_IMAGE, f"unknown format ({len(data)} bytes, starts {data[:8]!r})") from None
-    except Image.DecompressionBombError as e:
-        raise ImageDecodeError(TOO_LARGE, str(e)) from None
+    except Image.DecompressionBombError as e:  # PIL's own guard (twice its MAX_IMAGE_PIXELS) fired first
+        raise ImageDecodeError(TOO_LARGE, f"{e} (limit {max_pixels:,} pixels, --max-image-pixels)") from None
     except Exception as e:  # PIL raises many types on malformed headers
         raise ImageDecodeError(NOT_AN_IMAGE, f"{type(e).__name__}: {e}") from None
     width, height = image.size
@@ -79,7 +79,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Ima
         image.load()
         return to_rgb8(image)
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(TOO_LARGE, str(e)) from None
+        raise ImageDecodeError(TOO_LARGE, f"{e} (limit {max_pixels:,} pixels, --max-image-pixels)") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         raise ImageDecodeError(CORRUPT_IMAGE, f"{type(e).__name__}: {e}") from None
 
