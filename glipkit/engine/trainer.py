@@ -360,9 +360,8 @@ class Trainer:
         if self.context.is_main:
             from glipkit.engine.validation import evaluate_coco_set
 
-            result = evaluate_coco_set(self._weights_for_eval(), cfg.val, cfg.val_images, cfg.val_max_images,
-                                       "fp32" if cfg.precision == "fp32" else cfg.precision)
-            metrics = dict(result.metrics)
+            metrics = evaluate_coco_set(self._weights_for_eval(), cfg.val, cfg.val_images, cfg.val_max_images,
+                                        cfg.precision)
             self.eval_metrics = metrics
             self._log({"event": "eval", "step": step, "metrics": metrics})
             self._emit({"event": "eval", "step": step, "metrics": metrics})
