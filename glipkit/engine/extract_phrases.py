@@ -378,9 +378,19 @@ def run_extract_phrases(
     return JobReport(ordered, time.perf_counter() - started, out)
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Not fork: the parent may hold threads (progress display, Arrow's pool) that make fork unsafe. The
+    forkserver, a fresh single-threaded process, imports spaCy once and forks the workers from there, so each
+    worker only loads the model; where there is no forkserver, spawn (each worker imports everything)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__, "spacy"])
+    return context
+
+
 def _run_pool(paths, outputs, todo, settings, n_workers, state, finish, emit) -> None:
-    # spawn: the parent may hold threads (progress display, Arrow's pool) that make fork unsafe.
-    context = multiprocessing.get_context("spawn")
+    context = _worker_context()
     progress_queue = context.Queue()
     pool = ProcessPoolExecutor(
         max_workers=n_workers,
