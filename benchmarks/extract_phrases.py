@@ -1,12 +1,13 @@
 """Captions/s of glipkit extract-phrases vs a plain full spaCy pipeline, on the same captions and cores.
 
-    python benchmarks/extract_phrases.py [--captions 20000] [--files 8] [--workers CORES]
+    python benchmarks/extract_phrases.py [--captions 20000] [--files 8] [--workers CORES] [--repeats 1]
 
 Baseline: `spacy.load(model)` (full pipeline: tok2vec, tagger, parser, attribute_ruler, lemmatizer, ner) and
 `nlp.pipe(captions)` reading `doc.noun_chunks`, in one process (plain) and with `n_process=cores`. glipkit: the
-engine function behind the CLI (`run_extract_phrases`) on the same captions split into caption files, reading
-them and writing Parquet. Every timing includes loading spaCy (and starting worker processes). Besides wall-clock captions/s the table
-gives captions per CPU-second (this process and its children), which other jobs on a shared machine disturb less.
+engine function behind the CLI (`run_extract_phrases`), writing Parquet. Both read the same caption files
+(.jsonl). Each measurement is a fresh Python process timed from outside, so every row pays its imports, model
+loading and worker start-up, as a user's run does. Methods run round-robin (`--repeats`), so that a change in
+the load of a shared machine hits all alike; the table gives the median and the load average.
 """
 
 from __future__ import annotations
@@ -15,11 +16,21 @@ import argparse
 import json
 import os
 import random
-import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+METHODS = ("spacy-plain", "glipkit-spacy", "spacy-n-process", "glipkit-glip-regex", "glipkit-ngrams")
+LABELS = {
+    "spacy-plain": "spaCy full pipeline, nlp.pipe (plain)",
+    "spacy-n-process": "spaCy full pipeline, nlp.pipe(n_process={w})",
+    "glipkit-spacy": "glipkit extract-phrases spacy, {w} workers",
+    "glipkit-glip-regex": "glipkit extract-phrases glip-regex, {w} workers",
+    "glipkit-ngrams": "glipkit extract-phrases ngrams, {w} workers",
+}
 
 
 def make_captions(n: int, seed: int = 0) -> list[str]:
@@ -32,79 +43,84 @@ def make_captions(n: int, seed: int = 0) -> list[str]:
     return [rng.choice(prefixes) + make_layout(rng).caption + rng.choice(suffixes) for _ in range(n)]
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished children so far."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def run_one(method: str, files: list[Path], out: Path, workers: int, model: str) -> int:
+    """Run one method in this process; returns the number of captions processed."""
+    if method.startswith("spacy-"):
+        import spacy
 
-
-def timed(fn, *args) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of fn(*args)."""
-    cpu, wall = cpu_seconds(), time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - wall, cpu_seconds() - cpu
-
-
-def baseline(model: str, captions: list[str], n_process: int) -> None:
-    import spacy
-
-    nlp = spacy.load(model)
-    count = 0
-    for doc in nlp.pipe(captions, n_process=n_process, batch_size=256):
-        count += sum(1 for _ in ((c.text, c.start_char, c.end_char) for c in doc.noun_chunks))
-    assert count > 0
-
-
-def glipkit_run(files: list[Path], out: Path, extractor: str, workers: int) -> None:
+        captions = [json.loads(line)["caption"] for f in files for line in open(f, encoding="utf-8")]
+        nlp = spacy.load(model)
+        n_process = 1 if method == "spacy-plain" else workers
+        chunks = 0
+        for doc in nlp.pipe(captions, n_process=n_process, batch_size=256):
+            chunks += sum(1 for _ in ((c.text, c.start_char, c.end_char) for c in doc.noun_chunks))
+        assert chunks > 0
+        return len(captions)
     from glipkit.engine.extract_phrases import ExtractPhrasesSettings, run_extract_phrases
 
-    report = run_extract_phrases(
-        files, out, ExtractPhrasesSettings(extractor=extractor, overwrite=True), workers=workers
-    )
-    assert not report.failed and report.captions_written == sum(1 for f in files for _ in open(f)), report.results
+    extractor = method.removeprefix("glipkit-")
+    settings = ExtractPhrasesSettings(extractor=extractor, spacy_model=model, overwrite=True)
+    report = run_extract_phrases(files, out / extractor, settings, workers=workers)
+    assert not report.failed, report.results
+    return report.captions_written
 
 
 def main() -> None:
-    from glipkit.engine.extract_phrases import default_workers
-    from glipkit.text.spacy_models import resolve_spacy_model
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captions", type=int, default=20000)
     parser.add_argument("--files", type=int, default=8, help="caption files the captions are split into")
-    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU cores)")
     parser.add_argument("--spacy-model", default="en_core_web_sm")
-    parser.add_argument("--all-extractors", action="store_true", help="also time glip-regex and ngrams")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each method, round-robin; median reported")
+    parser.add_argument("--methods", default=",".join(METHODS[:3]), help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--run-one", help=argparse.SUPPRESS)  # internal: one measurement in a fresh process
+    parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    from glipkit.engine.extract_phrases import default_workers
+    from glipkit.text.spacy_models import resolve_spacy_model
+
+    workers = args.workers or default_workers()
     model = resolve_spacy_model(args.spacy_model)
+    if args.run_one:
+        data = Path(args.data)
+        n = run_one(args.run_one, sorted(data.glob("*.jsonl")), data / "out", workers, model)
+        print(n)
+        return
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}")
     captions = make_captions(args.captions)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        files = []
         per_file = (len(captions) + args.files - 1) // args.files
         for i in range(args.files):
-            path = Path(tmp) / f"captions-{i:03d}.jsonl"
-            with open(path, "w", encoding="utf-8") as f:
+            with open(Path(tmp) / f"captions-{i:03d}.jsonl", "w", encoding="utf-8") as f:
                 for j, caption in enumerate(captions[i * per_file : (i + 1) * per_file]):
                     f.write(json.dumps({"key": f"{i:05d}{j:05d}", "caption": caption}) + "\n")
-            files.append(path)
-
-        rows = [("spaCy full pipeline, nlp.pipe (plain)", timed(baseline, model, captions, 1))]
-        if args.workers > 1:
-            rows.append((f"spaCy full pipeline, nlp.pipe(n_process={args.workers})", timed(baseline, model, captions, args.workers)))
-        rows.append((f"glipkit extract-phrases spacy, {args.workers} workers", timed(glipkit_run, files, Path(tmp) / "out", "spacy", args.workers)))
-        if args.all_extractors:
-            for extractor in ("glip-regex", "ngrams"):
-                rows.append((f"glipkit extract-phrases {extractor}, {args.workers} workers", timed(glipkit_run, files, Path(tmp) / f"out-{extractor}", extractor, args.workers)))
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for _ in range(args.repeats):
+            for method in methods:
+                command = [sys.executable, __file__, "--run-one", method, "--data", tmp, "--workers", str(workers),
+                           "--spacy-model", args.spacy_model]
+                started = time.perf_counter()
+                done = subprocess.run(command, check=True, capture_output=True, text=True)
+                times[method].append(time.perf_counter() - started)
+                assert int(done.stdout.split()[-1]) == len(captions), done.stdout
 
     n = len(captions)
-    base_wall, base_cpu = rows[0][1]
-    load = os.getloadavg()[0]
-    print(f"\n{n} captions, {args.workers} workers, model {model}, Python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} CPUs, load average {load:.1f} at the end\n")
-    print(f"| {'method':<52} | {'wall s':>7} | {'captions/s':>10} | {'ratio':>6} | {'captions/CPU-s':>14} | {'ratio':>6} |")
-    print(f"|{'-' * 54}|{'-' * 9}|{'-' * 12}|{'-' * 8}|{'-' * 16}|{'-' * 8}|")
-    for name, (wall, cpu) in rows:
-        print(f"| {name:<52} | {wall:7.1f} | {n / wall:10.0f} | {base_wall / wall:5.2f}x | {n / cpu:14.0f} | {base_cpu / cpu:5.2f}x |")
+    base = statistics.median(times[methods[0]])
+    print(f"\n{n} captions in {args.files} files, {workers} workers, median of {args.repeats} run(s), model {model}, "
+          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+          f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after\n")
+    print(f"| {'method':<52} | {'seconds':>7} | {'captions/s':>10} | {'vs ' + methods[0]:>16} |")
+    print(f"|{'-' * 54}|{'-' * 9}|{'-' * 12}|{'-' * 18}|")
+    for method in methods:
+        seconds = statistics.median(times[method])
+        label = LABELS[method].format(w=workers)
+        print(f"| {label:<52} | {seconds:7.1f} | {n / seconds:10.0f} | {base / seconds:15.2f}x |")
 
 
 if __name__ == "__main__":
