@@ -349,3 +349,20 @@ def test_undecodable_image_is_a_bad_sample(gold_split, synthetic_tokenizer, tmp_
     source = CocoDetectionSource(gold_split, images, synthetic_tokenizer)
     with pytest.raises(BadSample, match="undecodable image"):
         source.load(0, random.Random(0))
+
+
+def test_pseudo_filters_on_one_row():
+    from glipkit.data.pseudo import filter_row
+
+    box = lambda x, score, phrase: {"x0": x, "y0": 0.0, "x1": x + 20, "y1": 20.0, "score": score, "phrase": phrase}  # noqa: E731
+    row = {"key": "k", "caption": "a cat. a dog", "width": 100, "height": 50,
+           "phrases": [{"text": "a cat", "start": 0, "end": 5}, {"text": "a dog", "start": 7, "end": 12}],
+           "boxes": [box(0, 0.9, 0), box(1, 0.8, 1), box(2, 0.7, 0), box(60, 0.6, 1), box(70, 0.2, 1),
+                     box(0, 0.5, 7)]}  # the last names a phrase that does not exist
+    kept = lambda **f: sorted(round(float(s), 2) for s in filter_row(row, PseudoFilter(**f)).scores)  # noqa: E731
+    assert kept() == [0.2, 0.6, 0.7, 0.8, 0.9]
+    assert kept(min_score=0.5) == [0.6, 0.7, 0.8, 0.9]
+    assert kept(min_score=0.5, nms_iou=0.5) == [0.6, 0.8, 0.9]  # per phrase: the cat at x=2 goes
+    assert kept(min_score=0.5, agnostic_nms_iou=0.5) == [0.6, 0.9]  # across phrases: one label per object
+    assert kept(max_boxes=2) == [0.8, 0.9]
+    assert filter_row(row, PseudoFilter(min_score=0.5, agnostic_nms_iou=0.5, min_boxes=3)) is None

@@ -100,6 +100,10 @@ def train_student_command(
                                                help="Per-phrase NMS IoU applied to pseudo boxes."),
     pseudo_max_boxes: Optional[int] = typer.Option(None, "--pseudo-max-boxes", min=1,
                                                    help="Keep the best N pseudo boxes per image."),
+    pseudo_agnostic_nms: Optional[float] = typer.Option(
+        None, "--pseudo-agnostic-nms", min=0.01, max=1.0,
+        help="NMS IoU across phrases: one label per object, the teacher's best (GLIP's NMS is per phrase).",
+    ),
     pseudo_prompt: PseudoPrompt = typer.Option(
         PseudoPrompt.auto, "--pseudo-prompt",
         help="caption: the row's caption grounds its phrases; classes: GLIP's detection prompt from the phrase "
@@ -174,7 +178,8 @@ def train_student_command(
         odvg_label_map=str(odvg_label_map) if odvg_label_map else None,
         pseudo=str(pseudo) if pseudo else None, pseudo_shards=pseudo_shards, pseudo_min_score=pseudo_min_score,
         pseudo_min_boxes=pseudo_min_boxes, pseudo_nms=pseudo_nms, pseudo_max_boxes=pseudo_max_boxes,
-        pseudo_prompt=pseudo_prompt.value, mix=mix, shots=shots, box_policy=box_policy.value,
+        pseudo_agnostic_nms=pseudo_agnostic_nms, pseudo_prompt=pseudo_prompt.value, mix=mix, shots=shots,
+        box_policy=box_policy.value,
         train_min_sizes=_sizes(train_sizes, "--train-sizes"), max_size=max_size, flip_prob=flip_prob,
     )
     from glipkit.engine.trainer import TrainConfig

@@ -36,6 +36,9 @@ class PseudoFilter:
     min_boxes: int = 1
     nms_iou: float | None = None  # per-phrase NMS IoU threshold (+1 convention), None = off
     max_boxes: int | None = None
+    # NMS across phrases: one label per object, the teacher's best (None = off). GLIP's own NMS is per phrase, so
+    # a teacher unsure between two classes labels one object twice; a student then learns both.
+    agnostic_nms_iou: float | None = None
 
 
 @dataclass
@@ -72,6 +75,10 @@ def filter_row(row: dict, flt: PseudoFilter) -> PseudoAnnotation | None:
     if flt.nms_iou is not None and len(raw) > 1:
         keep = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels),
                            flt.nms_iou).numpy()
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if flt.agnostic_nms_iou is not None and len(scores) > 1:
+        same_class = torch.zeros(len(scores), dtype=torch.int64)
+        keep = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), same_class, flt.agnostic_nms_iou).numpy()
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     if flt.max_boxes is not None and len(scores) > flt.max_boxes:
         top = np.sort(np.argsort(-scores, kind="stable")[: flt.max_boxes])

@@ -32,6 +32,7 @@ class DataOptions:
     pseudo_min_boxes: int = 1
     pseudo_nms: float | None = None
     pseudo_max_boxes: int | None = None
+    pseudo_agnostic_nms: float | None = None
     pseudo_prompt: str = "auto"
     mix: str | None = None  # e.g. "gold=1,pseudo=3"
     shots: int | None = None  # K images per class of the gold detection set
@@ -70,7 +71,7 @@ def build_sources(options: DataOptions, tokenizer, seed: int) -> dict:
                                      name="odvg", box_policy=options.box_policy)
     if options.pseudo:
         filters = PseudoFilter(options.pseudo_min_score, options.pseudo_min_boxes, options.pseudo_nms,
-                               options.pseudo_max_boxes)
+                               options.pseudo_max_boxes, options.pseudo_agnostic_nms)
         sources["pseudo"] = PseudoLabelSource(options.pseudo, tokenizer, shards=options.pseudo_shards, name="pseudo",
                                               filters=filters, prompt=options.pseudo_prompt,
                                               box_policy=options.box_policy, shuffle_chunk=options.shuffle_chunk)
