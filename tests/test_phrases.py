@@ -237,3 +237,21 @@ def test_downloader_failure_is_reported_without_hanging(monkeypatch: pytest.Monk
     # A name with known copies: the copy wins before any download is tried.
     assert resolve_spacy_model("en_core_web_sm", allow_download=True) in {"en_core_web_sm", MODEL}
     assert calls == [[calls[0][0], "-m", "spacy", "download", "en_core_web_sm_missing_copy_test"]]
+
+
+def test_repeated_captions_are_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    extractor = get_extractor("spacy", PhraseOptions(), MODEL)
+    seen: list[int] = []
+    real = extractor.spans
+
+    def counting(captions, batch_size):
+        seen.append(len(captions))
+        return real(captions, batch_size)
+
+    monkeypatch.setattr(extractor, "spans", counting)
+    captions = ["a dog on a couch", "a cat", "a dog on a couch", "a cat", "a red ball"]
+    results = extractor.extract(captions)
+    assert seen == [3]
+    assert results[0] == results[2] == [("a dog", 0, 5), ("a couch", 9, 16)]
+    assert results[1] == results[3] and results[0] is not results[2]
+    assert [p.text for p in results[4]] == ["a red ball"]

@@ -83,8 +83,15 @@ class PhraseExtractor:
         raise NotImplementedError
 
     def extract(self, captions: Iterable[str], batch_size: int = 256) -> list[list[Phrase]]:
-        """Phrases of each caption, in caption order."""
+        """Phrases of each caption, in caption order. Repeated captions (common in web data) are parsed once."""
         captions = list(captions)
+        unique = list(dict.fromkeys(captions))
+        if len(unique) < len(captions):
+            found = dict(zip(unique, self._extract(unique, batch_size)))
+            return [list(found[c]) for c in captions]
+        return self._extract(captions, batch_size)
+
+    def _extract(self, captions: list[str], batch_size: int) -> list[list[Phrase]]:
         max_phrases = self.options.max_phrases if self.options.max_phrases is not None else self.default_max_phrases
         min_chars = self.options.min_chars
         out: list[list[Phrase]] = []
