@@ -7,7 +7,8 @@ Baseline: `spacy.load(model)` (full pipeline: tok2vec, tagger, parser, attribute
 engine function behind the CLI (`run_extract_phrases`), writing Parquet. Both read the same caption files
 (.jsonl). Each measurement is a fresh Python process timed from outside, so every row pays its imports, model
 loading and worker start-up, as a user's run does. Methods run round-robin (`--repeats`), so that a change in
-the load of a shared machine hits all alike; the table gives the median and the load average.
+the load of a shared machine hits all alike; the table gives the median and the load average, and for the
+one-process methods captions per CPU-second, which other jobs on a shared machine disturb much less.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -23,11 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("spacy-plain", "glipkit-spacy", "spacy-n-process", "glipkit-glip-regex", "glipkit-ngrams")
+METHODS = ("spacy-plain", "glipkit-spacy", "spacy-n-process", "glipkit-spacy-1", "glipkit-glip-regex", "glipkit-ngrams")
+SINGLE_PROCESS = {"spacy-plain", "glipkit-spacy-1"}
 LABELS = {
     "spacy-plain": "spaCy full pipeline, nlp.pipe (plain)",
     "spacy-n-process": "spaCy full pipeline, nlp.pipe(n_process={w})",
     "glipkit-spacy": "glipkit extract-phrases spacy, {w} workers",
+    "glipkit-spacy-1": "glipkit extract-phrases spacy, 1 worker",
     "glipkit-glip-regex": "glipkit extract-phrases glip-regex, {w} workers",
     "glipkit-ngrams": "glipkit extract-phrases ngrams, {w} workers",
 }
@@ -58,9 +62,9 @@ def run_one(method: str, files: list[Path], out: Path, workers: int, model: str)
         return len(captions)
     from glipkit.engine.extract_phrases import ExtractPhrasesSettings, run_extract_phrases
 
-    extractor = method.removeprefix("glipkit-")
+    extractor = method.removeprefix("glipkit-").removesuffix("-1")
     settings = ExtractPhrasesSettings(extractor=extractor, spacy_model=model, overwrite=True)
-    report = run_extract_phrases(files, out / extractor, settings, workers=workers)
+    report = run_extract_phrases(files, out / method, settings, workers=1 if method.endswith("-1") else workers)
     assert not report.failed, report.results
     return report.captions_written
 
@@ -72,7 +76,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU cores)")
     parser.add_argument("--spacy-model", default="en_core_web_sm")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each method, round-robin; median reported")
-    parser.add_argument("--methods", default=",".join(METHODS[:3]), help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(METHODS[:4]), help=f"comma list of {', '.join(METHODS)}")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)  # internal: one measurement in a fresh process
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -85,7 +89,9 @@ def main() -> None:
     if args.run_one:
         data = Path(args.data)
         n = run_one(args.run_one, sorted(data.glob("*.jsonl")), data / "out", workers, model)
-        print(n)
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        print(n, cpu)
         return
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -101,6 +107,7 @@ def main() -> None:
                 for j, caption in enumerate(captions[i * per_file : (i + 1) * per_file]):
                     f.write(json.dumps({"key": f"{i:05d}{j:05d}", "caption": caption}) + "\n")
         times: dict[str, list[float]] = {m: [] for m in methods}
+        cpu: dict[str, list[float]] = {m: [] for m in methods}
         for _ in range(args.repeats):
             for method in methods:
                 command = [sys.executable, __file__, "--run-one", method, "--data", tmp, "--workers", str(workers),
@@ -108,19 +115,23 @@ def main() -> None:
                 started = time.perf_counter()
                 done = subprocess.run(command, check=True, capture_output=True, text=True)
                 times[method].append(time.perf_counter() - started)
-                assert int(done.stdout.split()[-1]) == len(captions), done.stdout
+                count, cpu_seconds = done.stdout.split()[-2:]
+                assert int(count) == len(captions), done.stdout
+                cpu[method].append(float(cpu_seconds))
 
     n = len(captions)
     base = statistics.median(times[methods[0]])
     print(f"\n{n} captions in {args.files} files, {workers} workers, median of {args.repeats} run(s), model {model}, "
           f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
           f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after\n")
-    print(f"| {'method':<52} | {'seconds':>7} | {'captions/s':>10} | {'vs ' + methods[0]:>16} |")
-    print(f"|{'-' * 54}|{'-' * 9}|{'-' * 12}|{'-' * 18}|")
+    print(f"| {'method':<52} | {'seconds':>7} | {'captions/s':>10} | {'vs ' + methods[0]:>16} | {'captions/CPU-s':>14} |")
+    print(f"|{'-' * 54}|{'-' * 9}|{'-' * 12}|{'-' * 18}|{'-' * 16}|")
     for method in methods:
         seconds = statistics.median(times[method])
         label = LABELS[method].format(w=workers)
-        print(f"| {label:<52} | {seconds:7.1f} | {n / seconds:10.0f} | {base / seconds:15.2f}x |")
+        # CPU time is complete only for one-process methods (forkserver workers are not our children).
+        per_cpu = f"{n / statistics.median(cpu[method]):14.0f}" if method in SINGLE_PROCESS else f"{'-':>14}"
+        print(f"| {label:<52} | {seconds:7.1f} | {n / seconds:10.0f} | {base / seconds:15.2f}x | {per_cpu} |")
 
 
 if __name__ == "__main__":
