@@ -106,8 +106,8 @@ def pseudo_label_command(
         None, "--min-boxes", min=0,
         help="Images with fewer boxes get an empty list and the flag too_few_boxes (never dropped).",
     ),
-    batch_size: int = typer.Option(
-        8, "--batch-size", min=1,
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", min=1, show_default="8 on GPU, 1 on CPU",
         help="Images per model pass. 1 reproduces the official outputs exactly; larger batches pad images to a "
         "common size, which changes GLIP's outputs slightly (GLIP_SPEC.md §1.1.7).",
     ),
@@ -118,7 +118,7 @@ def pseudo_label_command(
         None, "--image-size", metavar="SHORT[,MAX]", show_default="the model's: 800,1333",
         help="Resize: short side SHORT, long side at most MAX.",
     ),
-    bucket_window: int = typer.Option(4, "--bucket-window", min=1,
+    bucket_window: int = typer.Option(8, "--bucket-window", min=1,
                                       help="Batches per aspect-ratio sorting window (1: no bucketing)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, show_default="cores per GPU - 1, at most 8",
                                           help="DataLoader worker processes per rank (0: in the main process)."),

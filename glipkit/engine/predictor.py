@@ -62,7 +62,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 class Predictor:
     """Grounds prompt chunks in padded uint8 image batches with a GLIP (see the module docstring)."""
 
-    def __init__(self, model: GLIP, settings: PredictorSettings | None = None, device: torch.device | str | None = None):
+    def __init__(self, model: GLIP, settings: PredictorSettings | None = None,
+                 device: torch.device | str | None = None):
         self.settings = settings or PredictorSettings()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()

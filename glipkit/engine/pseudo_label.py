@@ -42,8 +42,9 @@ from glipkit.engine.label_stats import ShardStats, merge_stats, rank_stats_path,
     write_json_atomic
 from glipkit.engine.predictor import Grounding, Predictor, PredictorSettings, caption_chunks, class_chunks, \
     class_prompts
-from glipkit.engine.teacher_data import CAPTION, CLASSES, DONE, FAILED, PARTIAL, PROMPT_MODES, UNREADABLE, \
-    ImageBatch, LoaderSettings, SampleRecord, ShardEnd, TeacherDataset, phrases_path
+from glipkit.engine.teacher_data import CAPTION, CLASSES, DONE, FAILED, PARTIAL, PROMPT_MODES, ImageBatch, \
+    LoaderSettings, SampleRecord, ShardEnd, TeacherDataset, phrases_path
+from glipkit.engine.teacher_data import UNREADABLE  # noqa: F401  (a ShardResult status, like EXISTS)
 from glipkit.errors import GlipkitUsageError
 
 COMMAND = "pseudo-label"
@@ -66,8 +67,8 @@ class PseudoLabelSettings:
     chunk_size: int | None = None  # classes per prompt; None: all if they fit in 256 tokens, else 40 (§7.5)
     preset: str = "glip"
     filters: FilterSettings = field(default_factory=lambda: PRESETS["glip"])
-    batch_size: int = 8
-    bucket_window: int = 4
+    batch_size: int | None = None  # None: 8 on GPU, 1 on CPU (batching gains nothing there, see benchmarks/README.md)
+    bucket_window: int = 8  # batches per aspect-ratio sorting window (padding ~7-10% on random demo shapes)
     workers: int | None = None  # DataLoader workers; None: from the cores per local rank
     image_size: tuple[int, int] | None = None  # (short side, long side limit); None: the model's (800, 1333)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
@@ -197,6 +198,12 @@ def _remove_stale_temporaries(out_dir: Path, shards: Sequence[str]) -> None:
                     path.unlink(missing_ok=True)
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Images per model pass: 8 on GPU; 1 on CPU, where batching does not pay for its padding (and batch 1
+    reproduces the official outputs exactly)."""
+    return 8 if device.type == "cuda" else 1
+
+
 def default_workers(context: DistributedContext) -> int:
     """DataLoader workers per rank: the rank's share of the cores minus one for the model's process, 1..8."""
     cores = available_cores() // max(1, context.local_world_size)
@@ -297,12 +304,14 @@ class _Job:
         self.shards = shards_for_rank(shards, context.rank, context.world_size)
         cfg = model.config
         min_size, max_size = settings.image_size or (cfg.input.min_size, cfg.input.max_size)
+        device = next(model.parameters()).device
+        self.batch_size = settings.batch_size or default_batch_size(device)
         self.loader_settings = LoaderSettings(
             prompt_mode=settings.prompt_mode,
             phrases_dir=Path(settings.phrases_dir) if settings.phrases_dir else None,
             extraction=settings.extraction if settings.prompt_mode == CAPTION and not settings.phrases_dir else None,
             min_size=min_size, max_size=max_size, size_divisibility=cfg.input.size_divisibility,
-            batch_size=settings.batch_size, bucket_window=settings.bucket_window,
+            batch_size=self.batch_size, bucket_window=settings.bucket_window,
             max_image_pixels=settings.max_image_pixels,
         )
         postprocess = postprocess_for(settings.filters, cfg.postprocess)
@@ -337,7 +346,7 @@ class _Job:
             raise GlipkitUsageError("--classes is for --prompt-mode classes")
         if s.prompt_mode == CLASSES and s.phrases_dir:
             raise GlipkitUsageError("--phrases is for --prompt-mode caption (classes mode grounds a fixed vocabulary)")
-        if s.batch_size < 1:
+        if s.batch_size is not None and s.batch_size < 1:
             raise GlipkitUsageError("--batch-size must be >= 1")
         check_unique_outputs(self.all_shards)
         if s.phrases_dir and s.prompt_mode == CAPTION:
@@ -345,8 +354,9 @@ class _Job:
             if not directory.is_dir():
                 raise GlipkitUsageError(f"--phrases {directory}: not a directory")
             if not any(phrases_path(directory, shard).exists() for shard in self.all_shards):
+                example = phrases_path(directory, self.all_shards[0]).name
                 raise GlipkitUsageError(f"--phrases {directory} holds no <shard>.phrases.parquet for any of the "
-                                        f"{len(self.all_shards)} shards (e.g. {phrases_path(directory, self.all_shards[0]).name})")
+                                        f"{len(self.all_shards)} shards (e.g. {example})")
 
     def _table_settings(self, model_info, min_size, max_size) -> dict[str, Any]:
         s = self.settings
@@ -357,7 +367,7 @@ class _Job:
             "filters": asdict(s.filters),
             "postprocess": asdict(self.predictor.settings.postprocess),
             "image_size": [min_size, max_size],
-            "batch_size": s.batch_size,
+            "batch_size": self.batch_size,
             "bucket_window": s.bucket_window,
             "precision": self.predictor.precision,
             "text_padding": "max_length" if s.pad_text_to_max_length else "longest",

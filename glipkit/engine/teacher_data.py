@@ -60,7 +60,7 @@ class LoaderSettings:
     max_size: int = 1333
     size_divisibility: int = 32
     batch_size: int = 8
-    bucket_window: int = 4  # batches per aspect-ratio sorting window; 1 disables bucketing
+    bucket_window: int = 8  # batches per aspect-ratio sorting window; 1 disables bucketing
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
