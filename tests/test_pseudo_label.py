@@ -1,5 +1,5 @@
 """`glipkit pseudo-label` end to end: a small random GLIP labels demo shards through the CLI; resume after SIGKILL;
-torchrun with 2 CPU ranks; classes mode; the data pipeline's batches; usage errors."""
+torchrun with 2 CPU ranks; classes mode; the data pipeline's batches; usage errors; batch 1 == GLIP.predict."""
 
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ from typer.testing import CliRunner
 
 import glipkit.cli.pseudo_label  # noqa: F401  (registers the command)
 from glipkit.cli.app import app
+from glipkit.data.images import decode_image
 from glipkit.data.shards import iter_samples
 from glipkit.data.synthetic import write_demo_shards
 from glipkit.data.tables import read_metadata
 from glipkit.engine.filters import filter_settings
 from glipkit.engine.pseudo_label import PseudoLabelSettings, file_sha256, run_pseudo_label
 from glipkit.engine.teacher_data import ImageBatch, LoaderSettings, ShardEnd, TeacherDataset
-from pseudo_label_helpers import label_tables, read_rows, save_tiny_teacher, shard_keys, write_gold_phrases
+from pseudo_label_helpers import label_tables, read_rows, save_tiny_teacher, shard_keys, tiny_teacher, \
+    write_gold_phrases
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--image-size", "64,96"]  # small inputs keep the tiny teacher fast; every code path is the same
@@ -238,3 +240,21 @@ def test_usage_errors_are_one_line_and_exit_2(tmp_path, teacher_file, tiny_token
         assert result.exit_code == 2, (extra, result.output)
         assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists() or not label_tables(tmp_path / "out")
+
+
+def test_job_at_batch_one_writes_exactly_what_glip_predict_returns(tmp_path, tiny_tokenizer):
+    shards = write_demo_shards(tmp_path / "shards", num_shards=1, samples_per_shard=3, seed=13)
+    phrases = write_gold_phrases(shards, tmp_path / "phrases")
+    model = tiny_teacher(tiny_tokenizer)
+    settings = PseudoLabelSettings(phrases_dir=phrases, filters=filter_settings("none"), batch_size=1, workers=0)
+    run_pseudo_label(shards, tmp_path / "out", model, settings)
+    rows = {r["key"]: r for r in read_rows(tmp_path / "out")}
+    for sample in iter_samples(shards[0]):
+        row = rows[sample.key]
+        spans = [(p["start"], p["end"]) for p in row["phrases"]]
+        [reference] = model.predict(decode_image(sample.files["jpg"]), prompts=row["caption"], phrase_spans=[spans])
+        assert len(reference) == len(row["boxes"]) > 0
+        boxes = torch.tensor([[b["x0"], b["y0"], b["x1"], b["y1"]] for b in row["boxes"]])
+        assert torch.equal(boxes, reference.boxes)  # float32 both: bit-identical
+        assert torch.equal(torch.tensor([b["score"] for b in row["boxes"]]), reference.scores)
+        assert [b["phrase"] for b in row["boxes"]] == reference.labels.tolist()

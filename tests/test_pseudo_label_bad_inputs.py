@@ -74,6 +74,7 @@ def test_decode_image_cases():
         with pytest.raises(ImageDecodeError) as info:
             decode_image(data)
         assert info.value.reason == reason
+    pil_limit = Image.MAX_IMAGE_PIXELS
     set_pil_pixel_limit(DEFAULT_MAX_IMAGE_PIXELS)  # what each data worker does: PIL's guard at the same limit
     try:
         # Over the limit: refused from the header, before any pixel is decoded.
@@ -84,7 +85,7 @@ def test_decode_image_cases():
             decode_image(_bomb_png())
         assert info.value.reason == TOO_LARGE
     finally:
-        set_pil_pixel_limit(DEFAULT_MAX_IMAGE_PIXELS)
+        Image.MAX_IMAGE_PIXELS = pil_limit
 
 
 def test_job_finishes_and_reports_every_bad_sample(tmp_path, tiny_tokenizer):

@@ -115,7 +115,11 @@ def phrases_path(phrases_dir: str | os.PathLike, shard: str | os.PathLike) -> Pa
 
 
 class TeacherDataset(IterableDataset):
-    """Yields ImageBatch and ShardEnd items for the shards of this DataLoader worker (see the module docstring)."""
+    """Yields ImageBatch and ShardEnd items for the shards of this DataLoader worker (see the module docstring).
+
+    Iterating sets PIL's pixel limit (`max_image_pixels`) in the iterating process: each worker, or this process
+    when the DataLoader has no workers.
+    """
 
     def __init__(self, shards: Sequence[str | os.PathLike], settings: LoaderSettings):
         super().__init__()
