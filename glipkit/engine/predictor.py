@@ -70,9 +70,9 @@ class Predictor:
         if model.tokenizer is None:
             raise ValueError("the GLIP has no tokenizer")
         self.precision = resolve_precision(self.settings.precision, self.device)
-        if self.device.type == "cuda" and self.settings.allow_tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cuda":  # process-wide switches; --no-tf32 turns cuDNN's default TF32 off as well
+            torch.backends.cuda.matmul.allow_tf32 = self.settings.allow_tf32
+            torch.backends.cudnn.allow_tf32 = self.settings.allow_tf32
         cfg = model.config.input
         self.size_divisibility = cfg.size_divisibility
         self._mean = torch.tensor(cfg.pixel_mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
