@@ -440,15 +440,17 @@ class _Job:
 
     def _label_batch(self, batch: ImageBatch, state: "_OpenShard") -> None:
         groundings = self._ground(batch)
+        rows, indices = [], []
         for record, grounding in zip(batch.records, groundings):
             if isinstance(grounding, str):
                 state.stats.add_failure(record.key, MODEL_ERROR, grounding)
-                state.model_failures += 1
                 continue
             row = self._row(record, grounding, batch.shard)
-            state.rows.append((record.index, row))
+            rows.append(row)
+            indices.append(record.index)
             state.stats.add_row(row, labelled=True, beyond_limit=len(grounding.unmapped))
             self.boxes += len(row["boxes"])
+        state.add(indices, rows)
         self.images += len(batch.records)
 
     def _chunks(self, captions_and_spans: list[tuple[str, list]]):
@@ -505,11 +507,12 @@ class _Job:
     def _finish_shard(self, end: ShardEnd, state: "_OpenShard") -> ShardResult:
         for _, key, reason, detail in end.failures:
             state.stats.add_failure(key, reason, detail)
-        for record in end.unlabelled:
-            row = {"key": record.key, "caption": record.caption, "phrases": [], "shard": end.shard,
-                   "width": record.width, "height": record.height, "boxes": [], "flags": [NO_PHRASES]}
-            state.rows.append((record.index, row))
+        unlabelled = [{"key": record.key, "caption": record.caption, "phrases": [], "shard": end.shard,
+                       "width": record.width, "height": record.height, "boxes": [], "flags": [NO_PHRASES]}
+                      for record in end.unlabelled]
+        for row in unlabelled:
             state.stats.add_row(row, labelled=False)
+        state.add([record.index for record in end.unlabelled], unlabelled)
         self.images += len(end.unlabelled) + len(end.failures)
         seconds = time.perf_counter() - state.started
         target = output_path(self.out, end.shard)
@@ -521,8 +524,7 @@ class _Job:
         try:
             write_json_atomic(shard_stats_path(self.out, end.shard), entry)
             if writes:
-                rows = [row for _, row in sorted(state.rows, key=lambda item: item[0])]
-                write_table(target, rows, LABELS_WITH_FLAGS_SCHEMA, COMMAND, self._settings_for(end))
+                write_table(target, state.table(), LABELS_WITH_FLAGS_SCHEMA, COMMAND, self._settings_for(end))
         except Exception as e:  # e.g. disk full: no partial table; reported, and a re-run redoes the shard
             result.status, result.output = FAILED, None
             result.error = f"cannot write {target}: {type(e).__name__}: {e}"
@@ -554,10 +556,22 @@ class _Job:
 
 
 class _OpenShard:
-    """Rows and counts of a shard whose batches are still arriving."""
+    """Rows (as compact Arrow tables, one per batch) and counts of a shard whose batches are still arriving."""
 
     def __init__(self, shard: str, rank: int):
-        self.rows: list[tuple[int, dict]] = []
+        self.tables: list[pa.Table] = []
+        self.indices: list[int] = []  # each row's position in the shard
         self.stats = ShardStats(shard, rank)
         self.started = time.perf_counter()
-        self.model_failures = 0
+
+    def add(self, indices: list[int], rows: list[dict]) -> None:
+        if rows:
+            self.tables.append(pa.Table.from_pylist(rows, schema=LABELS_WITH_FLAGS_SCHEMA))
+            self.indices.extend(indices)
+
+    def table(self) -> pa.Table:
+        """All rows in shard order (bucketing reorders images inside a window)."""
+        if not self.tables:
+            return LABELS_WITH_FLAGS_SCHEMA.empty_table()
+        order = sorted(range(len(self.indices)), key=self.indices.__getitem__)
+        return pa.concat_tables(self.tables).take(pa.array(order, type=pa.int64()))
