@@ -48,6 +48,7 @@ from glipkit.engine.teacher_data import UNREADABLE  # noqa: F401  (a ShardResult
 from glipkit.errors import GlipkitUsageError
 
 COMMAND = "pseudo-label"
+BARRIER_TIMEOUT_MINUTES = 7 * 24 * 60  # a rank that finished its shards waits for the slowest rank at the end
 EXISTS = "exists"  # ShardResult.status of a shard skipped because its table exists
 MODEL_ERROR = "model error"
 LABELS_WITH_FLAGS_SCHEMA = LABELS_SCHEMA.append(pa.field("flags", pa.list_(pa.string()), nullable=False))
@@ -255,7 +256,8 @@ def pseudo_label(
     from glipkit.data.shards import expand_shards
     from glipkit.engine.distributed import device_for_rank, init_distributed
 
-    context = init_distributed()
+    # gloo even on GPUs: the ranks only meet in one barrier at the end, which may wait for hours on the slowest.
+    context = init_distributed(backend="gloo", timeout_minutes=BARRIER_TIMEOUT_MINUTES)
     try:
         shards = expand_shards(shard_spec)
         target = device_for_rank(device, context)
