@@ -141,13 +141,13 @@ def test_coco_vocabulary_from_the_annotation_categories():
     assert vocabulary.category_ids[COCO_NAMES.index("toothbrush")] == 90
 
 
-def test_clean_names_and_chunks():
+def test_clean_names_and_chunks(tiny_tokenizer):
     vocabulary = class_vocabulary(CATEGORIES)
     assert list(vocabulary.names) == CLEAN_NAMES
     assert vocabulary.prompt()[0] == "dog. traffic light. car . person. bus"
-    chunks = vocabulary.chunks(2)
-    assert [(t, o) for t, _, o in chunks] == [("dog. traffic light", 0), ("car . person", 2), ("bus", 4)]
-    assert [[t[a:b] for a, b in s] for t, s, _ in chunks] == [["dog", "traffic light"], ["car ", "person"], ["bus"]]
+    chunks = vocabulary.chunks(tiny_tokenizer, 2)
+    assert [(c.text, c.offset) for c in chunks] == [("dog. traffic light", 0), ("car . person", 2), ("bus", 4)]
+    assert [[c.text[a:b] for a, b in c.spans] for c in chunks] == [["dog", "traffic light"], ["car ", "person"], ["bus"]]
 
 
 def test_prompt_file_only_the_name_is_positive_and_no_trailing_separator(tiny_tokenizer):

@@ -11,7 +11,8 @@ import torch
 from glipkit.data.synthetic import make_layout
 from glipkit.engine.filters import BELOW_IMAGE_THRESHOLD, TOO_FEW_BOXES, apply_filters, filter_settings, \
     postprocess_for
-from glipkit.engine.predictor import Predictor, PredictorSettings, caption_chunks, class_prompts
+from glipkit.engine.predictor import Predictor, PredictorSettings, caption_chunks
+from glipkit.model.prompts import vocabulary_chunks
 from glipkit.model.config import InputConfig, PostprocessConfig
 from glipkit.model.transforms import batch_images, normalize_image, resize_image
 from pseudo_label_helpers import tiny_teacher
@@ -155,16 +156,16 @@ def test_filter_presets_and_knobs():
     assert post.score_threshold == pytest.approx(0.25 * 0.999)
 
 
-def test_class_prompts_chunk_long_vocabularies(tiny_tokenizer):
+def test_vocabulary_chunks_split_long_vocabularies(tiny_tokenizer):
     names = ["person", "dog", "cat", "traffic light", "car"]
-    whole = class_prompts(tiny_tokenizer, names)
+    whole = vocabulary_chunks(tiny_tokenizer, names)
     assert len(whole) == 1 and whole[0].text == "person. dog. cat. traffic light. car"
-    chunked = class_prompts(tiny_tokenizer, names, chunk_size=2)
+    chunked = vocabulary_chunks(tiny_tokenizer, names, chunk_size=2)
     assert [p.offset for p in chunked] == [0, 2, 4]
     assert [p.text for p in chunked] == ["person. dog", "cat. traffic light", "car"]
     many = [f"red car {i}" for i in range(120)]  # ~600 tokens: must be chunked (40 per chunk, §7.5)
-    auto = class_prompts(tiny_tokenizer, many)
+    auto = vocabulary_chunks(tiny_tokenizer, many)
     assert [p.offset for p in auto] == [0, 40, 80]
     with pytest.raises(ValueError, match="does not fit"):
-        class_prompts(tiny_tokenizer, many, chunk_size=120)
+        vocabulary_chunks(tiny_tokenizer, many, chunk_size=120)
     assert InputConfig().min_size == 800  # the engine's default resize is GLIP's

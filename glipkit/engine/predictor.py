@@ -21,11 +21,9 @@ from torch import Tensor
 
 from glipkit.model.config import PostprocessConfig
 from glipkit.model.glip import GLIP, PromptChunk, autocast_for, rescale_boxes
-from glipkit.model.prompts import Span, build_detection_prompt, chunk_indices, encode_prompts
+from glipkit.model.prompts import Span, VocabularyChunk
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-# §7.5: GLIP's chunk size for vocabularies longer than the token limit (the README's LVIS command).
-DEFAULT_CLASS_CHUNK = 40
 
 
 @dataclass
@@ -117,52 +115,7 @@ def caption_chunks(captions: Sequence[str], spans: Sequence[Sequence[Span]]) -> 
     return [PromptChunk(list(captions), [list(s) for s in spans], [0] * len(captions))]
 
 
-@dataclass(frozen=True)
-class ClassPrompt:
-    """One chunk of a class vocabulary: the prompt text, each class's span in it, the first class's index."""
-
-    text: str
-    spans: tuple[Span, ...]
-    offset: int
-
-
-def class_prompts(
-    tokenizer,
-    names: Sequence[str],
-    prefixes: Sequence[str] | None = None,
-    suffixes: Sequence[str] | None = None,
-    chunk_size: int | None = None,
-    max_length: int = 256,
-) -> list[ClassPrompt]:
-    """GLIP detection prompts for a class vocabulary, chunked when one prompt would exceed the token limit (§7.5).
-
-    `chunk_size` None: one prompt when it fits, else chunks of 40 classes as GLIP's LVIS evaluation. Raises
-    ValueError naming the first class that does not fit its chunk.
-    """
-    names = list(names)
-    if not names:
-        raise ValueError("the class list is empty")
-    if chunk_size is None:
-        text, _ = build_detection_prompt(names, prefixes=prefixes, suffixes=suffixes)
-        fits = len(tokenizer(text)["input_ids"]) <= max_length
-        chunk_size = len(names) if fits else DEFAULT_CLASS_CHUNK
-    prompts = []
-    for indices in chunk_indices(len(names), chunk_size):
-        text, spans = build_detection_prompt(
-            [names[i] for i in indices],
-            prefixes=[prefixes[i] for i in indices] if prefixes else None,
-            suffixes=[suffixes[i] for i in indices] if suffixes else None,
-        )
-        encoded = encode_prompts(tokenizer, [text], [spans], max_length)
-        if encoded.unmapped[0]:
-            first = indices[encoded.unmapped[0][0]]
-            raise ValueError(f"class '{names[first]}' does not fit in {max_length} tokens within its chunk of "
-                             f"{len(indices)} classes; use a smaller --chunk-size")
-        prompts.append(ClassPrompt(text, tuple(spans), indices[0]))
-    return prompts
-
-
-def class_chunks(prompts: Sequence[ClassPrompt], batch_size: int) -> list[PromptChunk]:
+def class_chunks(prompts: Sequence[VocabularyChunk], batch_size: int) -> list[PromptChunk]:
     """Classes mode: one text pass per vocabulary chunk, the same prompt for every image of the batch."""
     return [PromptChunk([p.text] * batch_size, [list(p.spans)] * batch_size, [p.offset] * batch_size)
             for p in prompts]

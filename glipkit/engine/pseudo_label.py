@@ -40,12 +40,12 @@ from glipkit.engine.filters import NO_PHRASES, PHRASES_BEYOND_TOKEN_LIMIT, PRESE
     apply_filters, postprocess_for
 from glipkit.engine.label_stats import ShardStats, merge_stats, rank_stats_path, shard_stats_path, \
     write_json_atomic
-from glipkit.engine.predictor import Grounding, Predictor, PredictorSettings, caption_chunks, class_chunks, \
-    class_prompts
+from glipkit.engine.predictor import Grounding, Predictor, PredictorSettings, caption_chunks, class_chunks
 from glipkit.engine.teacher_data import CAPTION, CLASSES, DONE, FAILED, PARTIAL, PROMPT_MODES, ImageBatch, \
     LoaderSettings, SampleRecord, ShardEnd, TeacherDataset, phrases_path
 from glipkit.engine.teacher_data import UNREADABLE  # noqa: F401  (a ShardResult status, like EXISTS)
 from glipkit.errors import GlipkitUsageError
+from glipkit.model.prompts import vocabulary_chunks
 
 COMMAND = "pseudo-label"
 BARRIER_TIMEOUT_MINUTES = 7 * 24 * 60  # a rank that finished its shards waits for the slowest rank at the end
@@ -323,9 +323,9 @@ class _Job:
         if settings.prompt_mode == CLASSES:
             try:
                 names = settings.class_prompt_names or settings.classes or []
-                self.class_prompts = class_prompts(model.tokenizer, names, settings.class_prefixes,
-                                                   settings.class_suffixes, settings.chunk_size,
-                                                   cfg.language.max_query_len)
+                self.class_prompts = vocabulary_chunks(model.tokenizer, names, settings.class_prefixes,
+                                                       settings.class_suffixes, settings.chunk_size,
+                                                       cfg.language.max_query_len)
             except ValueError as e:
                 raise GlipkitUsageError(str(e)) from None
         self.table_settings = self._table_settings(model_info, min_size, max_size)

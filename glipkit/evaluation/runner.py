@@ -23,12 +23,11 @@ from PIL import Image
 from torch import Tensor
 
 from glipkit.model.glip import GLIP, PromptChunk, autocast_for, rescale_boxes
-from glipkit.model.prompts import Span, build_detection_prompt, chunk_indices, clean_name, encode_prompts
+from glipkit.model.prompts import (Span, VocabularyChunk, build_detection_prompt, clean_name, encode_prompts,
+                                   vocabulary_chunks)
 from glipkit.model.transforms import batch_images, preprocess_image
 from glipkit.text.prompt_file import ClassPrompt, PromptTable
 
-# §7.5: GLIP's LVIS command evaluates 40 categories per prompt chunk.
-DEFAULT_CHUNK_SIZE = 40
 SEPARATOR = ". "  # DATASETS.SEPARATION_TOKENS of every pretrain config (§4.3 step 3)
 
 Progress = Callable[[int, int], None]  # (images done, images in total)
@@ -66,13 +65,10 @@ class ClassVocabulary:
             [self.prefixes[i] for i in indices], [self.suffixes[i] for i in indices], clean=False,
         )
 
-    def chunks(self, chunk_size: int) -> list[tuple[str, list[Span], int]]:
-        """(prompt, spans, label offset) per chunk of `chunk_size` consecutive classes (§7.5)."""
-        out = []
-        for indices in chunk_indices(len(self), chunk_size):
-            text, spans = self.prompt(indices)
-            out.append((text, spans, indices[0]))
-        return out
+    def chunks(self, tokenizer, chunk_size: int | None = None, max_length: int = 256) -> list[VocabularyChunk]:
+        """The prompt chunks of `chunk_size` consecutive classes (None: one prompt when it fits, else 40; §7.5)."""
+        return vocabulary_chunks(tokenizer, self.names, self.prefixes, self.suffixes, chunk_size, max_length,
+                                 clean=False, separator=SEPARATOR)
 
 
 def class_vocabulary(
@@ -108,17 +104,6 @@ def class_vocabulary(
     return ClassVocabulary(
         tuple(ids), tuple(e.name for e in entries), tuple(e.prefix for e in entries), tuple(e.suffix for e in entries)
     )
-
-
-def resolve_chunk_size(model: GLIP, vocabulary: ClassVocabulary, chunk_size: int | None) -> int:
-    """`chunk_size`, or for None: every class in one prompt when it fits the token limit, else 40 (§7.5)."""
-    if chunk_size is not None:
-        if chunk_size <= 0:
-            raise ValueError(f"--chunk-size must be positive, got {chunk_size}")
-        return chunk_size
-    text, _ = vocabulary.prompt()
-    fits = len(model.tokenizer(text)["input_ids"]) <= model.config.language.max_query_len
-    return len(vocabulary) if fits else DEFAULT_CHUNK_SIZE
 
 
 # ------------------------------------------------------------------------------------------------- images
@@ -274,10 +259,10 @@ def detect_images(
     Unreadable images are skipped and listed in the returned stats.
     """
     device = next(model.parameters()).device
-    chunk_size = resolve_chunk_size(model, vocabulary, settings.chunk_size)
-    chunks = vocabulary.chunks(chunk_size)
+    chunks = vocabulary.chunks(model.tokenizer, settings.chunk_size, model.config.language.max_query_len)
+    chunk_size = chunks[1].offset if len(chunks) > 1 else len(vocabulary)
     postprocess = dataclasses.replace(model.config.postprocess, detections_per_image=settings.detections_per_image)
-    stats = LoopStats(chunk_size=chunk_size, prompts=[text for text, _, _ in chunks])
+    stats = LoopStats(chunk_size=chunk_size, prompts=[chunk.text for chunk in chunks])
     total = len(records)
     done = 0
     if progress:
@@ -293,7 +278,7 @@ def detect_images(
         if good:
             pixels, input_sizes = batch_images([t for _, t, _ in good], model.config.input.size_divisibility)
             n = len(good)
-            prompt_chunks = [PromptChunk([text] * n, [spans] * n, [offset] * n) for text, spans, offset in chunks]
+            prompt_chunks = [PromptChunk([c.text] * n, [list(c.spans)] * n, [c.offset] * n) for c in chunks]
             with torch.no_grad(), autocast_for(device, settings.precision):
                 detections, unmapped = model.ground_batch(pixels.to(device, non_blocking=True), input_sizes,
                                                           prompt_chunks, postprocess)

@@ -20,7 +20,7 @@ from glipkit.model.head import HeadOutputs, VLDyHead
 from glipkit.model.hub import NAMED_MODELS, download_named_model, load_tokenizer
 from glipkit.model.language import LanguageBackbone, LanguageFeatures
 from glipkit.model.postprocess import Detections, postprocess_detections
-from glipkit.model.prompts import Span, build_detection_prompt, chunk_indices, encode_prompts
+from glipkit.model.prompts import Span, encode_prompts, vocabulary_chunks
 from glipkit.model.swin import SwinBackbone
 from glipkit.model.transforms import batch_images, normalize_image, resize_image
 
@@ -242,18 +242,12 @@ class GLIP(nn.Module):
     def _prompt_jobs(self, count, prompts, classes, phrase_spans, chunk_size):
         """(jobs, phrases): jobs(start, n) lists (prompts, spans, label offsets) per chunk for images start..start+n;
         phrases[i] are the texts that image i's labels index."""
-        max_len = self.config.language.max_query_len
         if classes is not None:
             names = list(classes)
-            if chunk_size is None:
-                text, _ = build_detection_prompt(names)
-                fits = len(self.tokenizer(text)["input_ids"]) <= max_len
-                chunk_size = len(names) if fits else 40  # §7.5: GLIP's LVIS setting
-            chunks = []
-            for indices in chunk_indices(len(names), chunk_size):
-                text, spans = build_detection_prompt([names[i] for i in indices])
-                chunks.append((text, spans, indices[0]))
-            return (lambda start, n: [PromptChunk([t] * n, [s] * n, [o] * n) for t, s, o in chunks]), [names] * count
+            chunks = vocabulary_chunks(self.tokenizer, names, chunk_size=chunk_size,
+                                       max_length=self.config.language.max_query_len)
+            return (lambda start, n: [PromptChunk([c.text] * n, [list(c.spans)] * n, [c.offset] * n)
+                                      for c in chunks]), [names] * count
         if prompts is None:
             raise ValueError("predict needs `classes` or `prompts`")
         texts = [prompts] * count if isinstance(prompts, str) else list(prompts)

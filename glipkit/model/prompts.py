@@ -130,3 +130,60 @@ def encode_prompts(
         positive_maps.append(positive_map)
         unmapped.append(missing)
     return EncodedPrompts(encoding["input_ids"], encoding["attention_mask"], positive_maps, unmapped)
+
+
+# §7.5: GLIP's chunk size for vocabularies longer than the token limit (the README's LVIS command).
+DEFAULT_CHUNK_SIZE = 40
+
+
+@dataclass(frozen=True)
+class VocabularyChunk:
+    """One prompt of a class vocabulary: its text, each class's span in it, and the index of its first class."""
+
+    text: str
+    spans: tuple[Span, ...]
+    offset: int
+
+
+def vocabulary_chunks(
+    tokenizer,
+    names: Sequence[str],
+    prefixes: Sequence[str] | None = None,
+    suffixes: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+    max_length: int = 256,
+    clean: bool = True,
+    separator: str = ". ",
+) -> list[VocabularyChunk]:
+    """GLIP detection prompts for a class vocabulary, in chunks of `chunk_size` consecutive classes (§4.3, §7.5).
+
+    `chunk_size` None: one prompt when the whole vocabulary fits in `max_length` tokens, else chunks of 40 as
+    GLIP's LVIS evaluation. Raises ValueError naming the first class that does not fit in its chunk.
+    """
+    names = list(names)
+    if not names:
+        raise ValueError("the class list is empty")
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError(f"chunk size must be positive, got {chunk_size}")
+
+    def prompt(indices: Sequence[int]) -> tuple[str, list[Span]]:
+        return build_detection_prompt(
+            [names[i] for i in indices], separator,
+            [prefixes[i] for i in indices] if prefixes else None,
+            [suffixes[i] for i in indices] if suffixes else None,
+            clean=clean,
+        )
+
+    if chunk_size is None:
+        text, _ = prompt(range(len(names)))
+        chunk_size = len(names) if len(tokenizer(text)["input_ids"]) <= max_length else DEFAULT_CHUNK_SIZE
+    chunks = []
+    for indices in chunk_indices(len(names), chunk_size):
+        text, spans = prompt(indices)
+        encoded = encode_prompts(tokenizer, [text], [spans], max_length)
+        if encoded.unmapped[0]:
+            first = indices[encoded.unmapped[0][0]]
+            raise ValueError(f"class '{names[first]}' does not fit in {max_length} tokens within its chunk of "
+                             f"{len(indices)} classes; use a smaller chunk size")
+        chunks.append(VocabularyChunk(text, tuple(spans), indices[0]))
+    return chunks
