@@ -349,7 +349,12 @@ class Trainer:
     def _weights_for_eval(self):
         if self.ema is None:
             return self.model
-        averaged = copy.deepcopy(self.model)
+        tokenizer, self.model.tokenizer = self.model.tokenizer, None  # shared, not copied
+        try:
+            averaged = copy.deepcopy(self.model)
+        finally:
+            self.model.tokenizer = tokenizer
+        averaged.tokenizer = tokenizer
         averaged.load_state_dict(self.ema.state_dict_for(self.model))
         return averaged
 
