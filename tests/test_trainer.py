@@ -194,3 +194,61 @@ def test_bad_images_and_boxes_are_skipped_and_counted(tmp_path, vocab):
     assert result.events["skipped: undecodable image"] == 2  # 8 samples = 2 epochs over 4 images
     assert result.events["box clipped to image"] == 2
     assert (tmp_path / "run" / "skipped.jsonl").read_text().count("undecodable image") == 2
+
+
+def test_optimizer_groups_and_schedule_follow_glip():
+    """§8.6: language backbone at --lang-lr, any "bias" name at 2x LR without weight decay; warmup then decay."""
+    from glipkit.engine.optimization import OptimizerSettings, ScheduleSettings, lr_factor, parameter_groups
+    from glipkit.model.config import glip_tiny_test
+    from glipkit.model.glip import GLIP
+
+    model = GLIP(glip_tiny_test())
+    groups = {g["name"]: g for g in parameter_groups(model, OptimizerSettings(lr=1e-3, lang_lr=1e-4,
+                                                                                weight_decay=0.05))}
+    assert len(groups) == sum(1 for p in model.parameters())
+    plain = next(n for n in groups if n.startswith("backbone.") and n.endswith(".weight"))
+    assert (groups[plain]["lr"], groups[plain]["weight_decay"]) == (1e-3, 0.05)
+    table = next(n for n in groups if "relative_position_bias_table" in n)
+    for name in (table, "head.bias0", "head.bias_lang", "head.bbox_pred.bias"):
+        assert (groups[name]["lr"], groups[name]["weight_decay"]) == (2e-3, 0.0), name
+    lang_weight = "language_backbone.bert.embeddings.word_embeddings.weight"
+    assert (groups[lang_weight]["lr"], groups[lang_weight]["weight_decay"]) == (1e-4, 0.05)
+    lang_bias = next(n for n in groups if n.startswith("language_backbone.") and n.endswith(".bias"))
+    assert groups[lang_bias]["lr"] == pytest.approx(2e-4)
+
+    step = ScheduleSettings(total_steps=100, kind="step", warmup_steps=10, warmup_factor=0.001)
+    assert lr_factor(0, step) == pytest.approx(0.001)
+    assert lr_factor(5, step) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert [lr_factor(s, step) for s in (10, 66, 67, 88, 89, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    cosine = ScheduleSettings(total_steps=110, kind="cosine", warmup_steps=10)
+    assert [lr_factor(s, cosine) for s in (10, 60, 110)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-9)
+
+
+def test_fusion_checkpointing_gives_the_same_gradients(vocab):
+    """Activation checkpointing of the X-MHA fusion (cfg.head.use_checkpoint) recomputes, it does not change numbers."""
+    from glipkit.engine.trainer import enable_fusion_checkpointing
+    from glipkit.model.config import glip_tiny_test
+    from glipkit.model.glip import GLIP
+    from glipkit.model.hub import load_tokenizer
+    from glipkit.model.loss import GroundingLoss, GroundingTargets
+    from glipkit.model.prompts import encode_prompts
+
+    tokenizer = load_tokenizer(vocab)
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 96, 128)
+    encoded = encode_prompts(tokenizer, ["a red circle. square"] * 2, [[(0, 12), (14, 20)]] * 2)
+    targets = [GroundingTargets(torch.tensor([[10.0, 12, 50, 60], [60, 20, 100, 70]]), encoded.positive_maps[0])] * 2
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(1)
+        model = GLIP(glip_tiny_test(), tokenizer).train()
+        model.fpn.drop_block = None
+        if checkpointed:
+            enable_fusion_checkpointing(model)
+        outputs = model(images, encoded.input_ids, encoded.attention_mask)
+        loss = GroundingLoss()(outputs, model.anchors(outputs.tower_features), targets, encoded.attention_mask)
+        loss["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name
