@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import signal
 import time
 from collections import Counter
