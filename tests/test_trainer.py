@@ -22,6 +22,16 @@ from glipkit.engine.tuning import LINEAR_PROBE_PREFIXES, set_train_mode
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny models gain nothing from more, and a second process on a shared 2-core
+    machine makes OpenMP threads spin (runs here went 8x slower with 2 threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory) -> str:
     return str(write_vocab(tmp_path_factory.mktemp("vocab")))
