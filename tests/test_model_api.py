@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,11 +12,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import FIXTURES_DIR
+from glipkit.engine.predictor import Predictor, PredictorSettings
 from glipkit.model import weights as weights_io
 from glipkit.model.config import from_official_config, glip_l, glip_t, glip_t_a, glip_tiny_test
-from glipkit.model.glip import GLIP, split_phrases
+from glipkit.model.glip import GLIP
 from glipkit.model.hub import WeightsUnavailableError
-from glipkit.model.prompts import build_detection_prompt, encode_prompts
+from glipkit.model.prompts import build_detection_prompt, encode_prompts, split_phrases
 
 COCO_NAMES = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -212,7 +212,8 @@ def test_padding_text_to_256_equals_padding_to_longest(tiny_model, tiny_tokenize
 
 def test_predict_returns_boxes_in_original_pixels(tiny_model):
     image = Image.new("RGB", (300, 200), (40, 120, 200))
-    preds = tiny_model.predict([image, image.resize((150, 100))], prompts="a dog. a red circle", box_threshold=0.0)
+    predictor = Predictor(tiny_model, PredictorSettings(precision="fp32"))
+    preds = predictor.predict([image, image.resize((150, 100))], prompts="a dog. a red circle", box_threshold=0.0)
     assert len(preds) == 2
     for pred, (w, h) in zip(preds, [(300, 200), (150, 100)]):
         assert pred.phrases == ["a dog", "a red circle"]
@@ -228,9 +229,10 @@ def test_predict_with_classes_chunks_and_encodes_each_image_once(tiny_model, mon
     calls = []
     original = tiny_model.encode_image
     monkeypatch.setattr(tiny_model, "encode_image", lambda x: calls.append(x.shape) or original(x))
-    whole = tiny_model.predict(image, classes=names)[0]
-    chunked_as_one = tiny_model.predict(image, classes=names, chunk_size=len(names))[0]
-    chunked = tiny_model.predict(image, classes=names, chunk_size=2)[0]
+    predictor = Predictor(tiny_model, PredictorSettings(precision="fp32"))
+    whole = predictor.predict(image, classes=names)[0]
+    chunked_as_one = predictor.predict(image, classes=names, chunk_size=len(names))[0]
+    chunked = predictor.predict(image, classes=names, chunk_size=2)[0]
     assert len(calls) == 3  # one image encoding per call, however many chunks
     assert torch.equal(whole.boxes, chunked_as_one.boxes) and torch.equal(whole.scores, chunked_as_one.scores)
     assert set(chunked.labels.tolist()) <= set(range(5)) and chunked.phrases == names

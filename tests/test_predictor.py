@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
-from glipkit.data.synthetic import make_layout
-from glipkit.engine.filters import BELOW_IMAGE_THRESHOLD, TOO_FEW_BOXES, apply_filters, filter_settings, \
+from glipkit.demo.samples import make_layout
+from glipkit.engine.labelling.filters import BELOW_IMAGE_THRESHOLD, TOO_FEW_BOXES, apply_filters, filter_settings, \
     postprocess_for
-from glipkit.engine.predictor import Predictor, PredictorSettings, caption_chunks
-from glipkit.model.prompts import vocabulary_chunks
+from glipkit.engine.predictor import Predictor, PredictorSettings
+from glipkit.model.prompts import PromptChunk, vocabulary_chunks
 from glipkit.model.config import InputConfig, PostprocessConfig
 from glipkit.model.transforms import batch_images, normalize_image, resize_image
 from pseudo_label_helpers import tiny_teacher
@@ -52,8 +52,8 @@ def test_batch_of_one_reproduces_glip_predict_exactly(teacher):
     predictor = Predictor(teacher, PredictorSettings(precision="fp32"))
     for sample in _samples(2, 211, 157, seed=1) + _samples(1, 150, 260, seed=2):
         images, sizes, originals, captions, spans = _inputs(teacher, [sample])
-        ours = predictor.ground(images, sizes, originals, caption_chunks(captions, spans))[0]
-        reference = teacher.predict(sample.render(), prompts=captions[0], phrase_spans=spans, batch_size=1)[0]
+        ours = predictor.ground(images, sizes, originals, [PromptChunk.for_captions(captions, spans)])[0]
+        reference = predictor.predict(sample.render(), prompts=captions[0], phrase_spans=spans, batch_size=1)[0]
         assert len(reference) > 0
         assert torch.equal(ours.boxes, reference.boxes)
         assert torch.equal(ours.scores, reference.scores)
@@ -78,10 +78,10 @@ def test_batched_equals_per_image_when_images_share_the_padded_size(teacher):
     samples = _samples(3, 192, 144, seed=5)
     images, sizes, originals, captions, spans = _inputs(teacher, samples)
     assert len(set(map(len, captions))) > 1  # prompts of different lengths: text padding differs in the batch
-    batched = predictor.ground(images, sizes, originals, caption_chunks(captions, spans))
+    batched = predictor.ground(images, sizes, originals, [PromptChunk.for_captions(captions, spans)])
     for i in range(len(samples)):
         alone = predictor.ground(images[i : i + 1], sizes[i : i + 1], originals[i : i + 1],
-                                 caption_chunks(captions[i : i + 1], spans[i : i + 1]))[0]
+                                 [PromptChunk.for_captions(captions[i : i + 1], spans[i : i + 1])])[0]
         assert alone.scores.numel() > 0
         assert torch.equal(batched[i].labels, alone.labels)
         assert torch.allclose(batched[i].scores, alone.scores, atol=1e-5)
@@ -91,7 +91,7 @@ def test_batched_equals_per_image_when_images_share_the_padded_size(teacher):
 def test_text_padded_to_longest_equals_text_padded_to_256(teacher):
     samples = _samples(3, 176, 176, seed=7)
     images, sizes, originals, captions, spans = _inputs(teacher, samples)
-    chunks = caption_chunks(captions, spans)
+    chunks = [PromptChunk.for_captions(captions, spans)]
     longest = Predictor(teacher, PredictorSettings(precision="fp32")).ground(images, sizes, originals, chunks)
     full = Predictor(teacher, PredictorSettings(precision="fp32", pad_text_to_max_length=True)).ground(
         images, sizes, originals, chunks)
@@ -105,7 +105,7 @@ def test_text_padded_to_longest_equals_text_padded_to_256(teacher):
 def test_bf16_autocast_stays_close_to_fp32(teacher):
     samples = _samples(2, 160, 160, seed=9)
     images, sizes, originals, captions, spans = _inputs(teacher, samples)
-    chunks = caption_chunks(captions, spans)
+    chunks = [PromptChunk.for_captions(captions, spans)]
     fp32 = Predictor(teacher, PredictorSettings(precision="fp32")).ground(images, sizes, originals, chunks)
     bf16 = Predictor(teacher, PredictorSettings(precision="bf16")).ground(images, sizes, originals, chunks)
     for a, b in zip(fp32, bf16):
@@ -116,7 +116,7 @@ def test_bf16_autocast_stays_close_to_fp32(teacher):
 def test_candidate_threshold_shortcut_keeps_exactly_the_boxes_over_the_box_threshold(teacher):
     samples = _samples(3, 200, 168, seed=11)
     images, sizes, originals, captions, spans = _inputs(teacher, samples)
-    chunks = caption_chunks(captions, spans)
+    chunks = [PromptChunk.for_captions(captions, spans)]
     base = PostprocessConfig()
     everything = Predictor(teacher, PredictorSettings(precision="fp32", postprocess=base)).ground(
         images, sizes, originals, chunks)

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from glipkit.cli.app import app
-from glipkit.cli.common import fail, user_errors
+from glipkit.cli.common import DeviceOption, ModelOption, PrecisionOption, TokenizerOption, fail, user_errors
 
 
 @app.command()
@@ -17,25 +17,28 @@ def predict(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p",
                                          help="Phrases separated by '.', e.g. 'person. dog. red car'."),
     classes: Optional[str] = typer.Option(None, help="Comma-separated class names (GLIP's detection prompt)."),
-    model: str = typer.Option("glip-t", help="glip-t, glip-t-c, glip-t-a, glip-l, or a .pth/.safetensors path."),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory (default: bert-base-uncased)."),
+    model: ModelOption = "glip-t",
+    tokenizer: TokenizerOption = None,
     box_threshold: float = typer.Option(0.5, help="Keep boxes with at least this score."),
     draw: Optional[Path] = typer.Option(None, help="Directory to save copies of the images with boxes drawn."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
 ) -> None:
     """Detect the phrases of a prompt (or a class list) in images."""
     from rich.console import Console
     from rich.table import Table
 
-    from glipkit.engine.loading import load_glip
     from glipkit.engine.predict import predict_files
+    from glipkit.engine.predictor import Predictor, PredictorSettings
+    from glipkit.engine.runtime import load_model, resolve_device
 
     if (prompt is None) == (classes is None):
         fail("give exactly one of --prompt or --classes")
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     with user_errors():
-        glip = load_glip(model, tokenizer, device)
-        results = predict_files(glip, images, prompt, class_list, box_threshold, draw)
+        glip = load_model(model, tokenizer, resolve_device(device))
+        predictor = Predictor(glip, PredictorSettings(precision=precision))
+        results = predict_files(predictor, images, prompt, class_list, box_threshold, draw)
     console = Console()
     for result in results:
         table = Table(title=f"{result.path} ({len(result.scores)} boxes)")

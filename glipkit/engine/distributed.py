@@ -24,10 +24,6 @@ class DistributedContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
     def barrier(self) -> None:
         """Wait for every process (no-op without a process group)."""
         if dist.is_available() and dist.is_initialized():
@@ -61,23 +57,3 @@ def init_distributed(backend: str | None = None, timeout_minutes: int = 60) -> D
     if dist.is_available() and dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
     return DistributedContext(rank, world_size, local_rank, local_world_size, initialized)
-
-
-def device_for_rank(device: str, context: DistributedContext) -> torch.device:
-    """`auto` -> cuda:LOCAL_RANK when CUDA is available, else cpu; a bare `cuda` also takes the local rank."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    target = torch.device(device)
-    if target.type == "cuda":
-        if target.index is None:
-            target = torch.device("cuda", context.local_rank)
-        torch.cuda.set_device(target)
-    return target
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

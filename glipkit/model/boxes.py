@@ -121,3 +121,10 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: fl
     if not keep:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     return torch.cat(keep).sort().values
+
+
+def rescale_boxes(boxes: Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> Tensor:
+    """Boxes from the resized frame to the original image, x and y scaled separately, no +1 shift (§7.4)."""
+    ratio_h = original_size[0] / input_size[0]
+    ratio_w = original_size[1] / input_size[1]
+    return boxes * boxes.new_tensor([ratio_w, ratio_h, ratio_w, ratio_h])

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from glipkit.model import weights as weights_io
@@ -20,34 +17,11 @@ from glipkit.model.head import HeadOutputs, VLDyHead
 from glipkit.model.hub import NAMED_MODELS, download_named_model, load_tokenizer
 from glipkit.model.language import LanguageBackbone, LanguageFeatures
 from glipkit.model.postprocess import Detections, postprocess_detections
-from glipkit.model.prompts import Span, encode_prompts, vocabulary_chunks
+from glipkit.model.prompts import PromptChunk, encode_prompts
 from glipkit.model.swin import SwinBackbone
-from glipkit.model.transforms import batch_images, normalize_image, resize_image
 
 # §9: language_prompt_v2 keeps 1000 per-position offsets; only the first L are used.
 PROMPT_TUNING_POSITIONS = 1000
-
-
-@dataclass
-class PromptChunk:
-    """One text pass over an image batch: a prompt and its phrase spans per image, and each image's label offset."""
-
-    prompts: list[str]
-    spans: list[list[Span]]
-    label_offsets: list[int]
-
-
-@dataclass
-class Prediction:
-    """Detections of one image: absolute xyxy boxes in the original image, scores, 0-based phrase indices."""
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    phrases: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.scores.numel())
 
 
 class GLIP(nn.Module):
@@ -159,73 +133,21 @@ class GLIP(nn.Module):
         """Write a glipkit `.safetensors` checkpoint with the config in its metadata."""
         return weights_io.save_glipkit_checkpoint(self, self.config.to_json(), path, metadata)
 
-    # -- the Python API ---------------------------------------------------------------------------------------------
+    # -- grounding: one image encoding, one text pass per prompt chunk ----------------------------------------
 
-    def prepare_images(self, images: Sequence[Image.Image | np.ndarray], min_size: int | None = None
-                       ) -> tuple[list[Tensor], list[tuple[int, int]]]:
-        """Resize and normalise RGB images; returns the tensors and each original (h, w)."""
-        tensors, original_sizes = [], []
-        for image in images:
-            pil = Image.fromarray(image) if isinstance(image, np.ndarray) else image
-            pil = pil.convert("RGB")
-            original_sizes.append((pil.height, pil.width))
-            resized = resize_image(pil, min_size or self.config.input.min_size, self.config.input.max_size)
-            tensors.append(normalize_image(resized, self.config.input))
-        return tensors, original_sizes
+    def ground_chunks(self, pixels: Tensor, image_sizes: Sequence[tuple[int, int]], chunks: Sequence[PromptChunk],
+                      postprocess: PostprocessConfig | None = None, pad_text_to_max_length: bool = False
+                      ) -> tuple[list[list[Detections]], list[list[list[int]]]]:
+        """Detections of a padded image batch against each prompt chunk, the images encoded once for all chunks.
 
-    @torch.no_grad()
-    def predict(
-        self,
-        images: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray],
-        prompts: str | Sequence[str] | None = None,
-        classes: Sequence[str] | None = None,
-        phrase_spans: Sequence[Sequence[Span]] | None = None,
-        box_threshold: float = 0.0,
-        batch_size: int = 1,
-        chunk_size: int | None = None,
-        precision: str = "fp32",
-    ) -> list[Prediction]:
-        """Ground phrases in images; boxes come back in original-image pixels (xyxy).
-
-        Give either `classes` (one vocabulary for every image, GLIP's detection prompt, chunked when longer than
-        the token limit) or `prompts` (one caption for all images or one per image) with `phrase_spans`
-        (character spans of the phrases to ground). A prompt without spans is split at '.' into phrases.
-        `batch_size` > 1 is faster but padding changes GLIP's outputs slightly (§1.1.7); 1 reproduces the
-        official numbers. `precision` bf16/fp16 runs under autocast (deformable convs stay fp32).
-        """
-        if self.tokenizer is None:
-            raise RuntimeError("this GLIP has no tokenizer: pass tokenizer= to GLIP.from_pretrained")
-        single = isinstance(images, (Image.Image, np.ndarray))
-        image_list = [images] if single else list(images)
-        jobs, phrases = self._prompt_jobs(len(image_list), prompts, classes, phrase_spans, chunk_size)
-        device = next(self.parameters()).device
-        results: list[Prediction] = []
-        for start in range(0, len(image_list), max(1, batch_size)):
-            batch = image_list[start : start + batch_size]
-            tensors, original_sizes = self.prepare_images(batch)
-            pixels, sizes = batch_images(tensors, self.config.input.size_divisibility)
-            with autocast_for(device, precision):
-                detections, _ = self.ground_batch(pixels.to(device), sizes, jobs(start, len(batch)))
-            for i, det in enumerate(detections):
-                keep = det.scores >= box_threshold
-                boxes = rescale_boxes(det.boxes[keep], sizes[i], original_sizes[i])
-                results.append(Prediction(boxes.cpu(), det.scores[keep].cpu(), det.labels[keep].cpu(),
-                                          phrases[start + i]))
-        return results
-
-    def ground_batch(self, pixels: Tensor, image_sizes: Sequence[tuple[int, int]], chunks: Sequence["PromptChunk"],
-                     postprocess: PostprocessConfig | None = None, pad_text_to_max_length: bool = False
-                     ) -> tuple[list[Detections], list[list[int]]]:
-        """Detections for a padded image batch against one or more prompt chunks, the image encoded once.
-
-        Returns per image the detections of all chunks concatenated (labels shifted by each chunk's offset; no
-        cross-chunk NMS, as §7.5) in the network-input frame, and the labels whose span fell beyond the token limit.
+        Returns `detections[i][c]` for image i and chunk c in the network-input frame, labels shifted by the chunk's
+        offset, and `unmapped[i][c]`, the (shifted) labels whose phrase fell beyond the token limit.
         `pad_text_to_max_length` pads every prompt to the token limit as the official code does (§4.2); the default
         pads to the batch's longest prompt, which gives the same outputs on real tokens.
         """
         features = self.encode_image(pixels)
         per_image: list[list[Detections]] = [[] for _ in image_sizes]
-        unmapped: list[list[int]] = [[] for _ in image_sizes]
+        unmapped: list[list[list[int]]] = [[] for _ in image_sizes]
         for chunk in chunks:
             encoded = encode_prompts(self.tokenizer, chunk.prompts, chunk.spans, self.config.language.max_query_len,
                                      pad_to_max_length=pad_text_to_max_length)
@@ -234,63 +156,18 @@ class GLIP(nn.Module):
             for i, det in enumerate(self.detect(outputs, features, encoded.positive_maps, image_sizes, postprocess)):
                 offset = chunk.label_offsets[i]
                 per_image[i].append(Detections(det.boxes, det.scores, det.labels + offset))
-                unmapped[i].extend(j + offset for j in encoded.unmapped[i])
-        merged = [Detections(torch.cat([d.boxes for d in ds]), torch.cat([d.scores for d in ds]),
-                             torch.cat([d.labels for d in ds])) for ds in per_image]
-        return merged, unmapped
+                unmapped[i].append([j + offset for j in encoded.unmapped[i]])
+        return per_image, unmapped
 
-    def _prompt_jobs(self, count, prompts, classes, phrase_spans, chunk_size):
-        """(jobs, phrases): jobs(start, n) lists (prompts, spans, label offsets) per chunk for images start..start+n;
-        phrases[i] are the texts that image i's labels index."""
-        if classes is not None:
-            names = list(classes)
-            chunks = vocabulary_chunks(self.tokenizer, names, chunk_size=chunk_size,
-                                       max_length=self.config.language.max_query_len)
-            return (lambda start, n: [PromptChunk([c.text] * n, [list(c.spans)] * n, [c.offset] * n)
-                                      for c in chunks]), [names] * count
-        if prompts is None:
-            raise ValueError("predict needs `classes` or `prompts`")
-        texts = [prompts] * count if isinstance(prompts, str) else list(prompts)
-        if len(texts) != count:
-            raise ValueError(f"{len(texts)} prompts for {count} images")
-        if phrase_spans is None:
-            spans = [split_phrases(t) for t in texts]
-        else:
-            spans = [list(s) for s in phrase_spans]
-            spans = spans * count if len(spans) == 1 and count > 1 else spans
-        if len(spans) != count:
-            raise ValueError(f"{len(spans)} phrase span lists for {count} images")
-        phrases = [[t[a:b] for a, b in sp] for t, sp in zip(texts, spans)]
-        return (lambda start, n: [PromptChunk(texts[start : start + n], spans[start : start + n], [0] * n)]), phrases
+    def ground_batch(self, pixels: Tensor, image_sizes: Sequence[tuple[int, int]], chunks: Sequence[PromptChunk],
+                     postprocess: PostprocessConfig | None = None, pad_text_to_max_length: bool = False
+                     ) -> tuple[list[Detections], list[list[int]]]:
+        """`ground_chunks` with each image's detections of all chunks concatenated (no cross-chunk NMS, §7.5)."""
+        per_image, unmapped = self.ground_chunks(pixels, image_sizes, chunks, postprocess, pad_text_to_max_length)
+        return [merge_detections(ds) for ds in per_image], [sum(u, []) for u in unmapped]
 
 
-def autocast_for(device: torch.device, precision: str):
-    """An autocast context for `precision` (fp32: none) on `device`."""
-    import contextlib
-
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision not in dtypes:
-        raise ValueError(f"precision must be fp32, bf16 or fp16, not '{precision}'")
-    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
-
-
-def split_phrases(prompt: str) -> list[Span]:
-    """Spans of the '.'-separated pieces of a prompt ("person. dog" -> two phrases), whitespace trimmed."""
-    spans = []
-    position = 0
-    for piece in prompt.split("."):
-        stripped = piece.strip()
-        if stripped:
-            start = position + piece.index(stripped)
-            spans.append((start, start + len(stripped)))
-        position += len(piece) + 1
-    return spans
-
-
-def rescale_boxes(boxes: Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> Tensor:
-    """Boxes from the resized frame to the original image, x and y scaled separately, no +1 shift (§7.4)."""
-    ratio_h = original_size[0] / input_size[0]
-    ratio_w = original_size[1] / input_size[1]
-    return boxes * boxes.new_tensor([ratio_w, ratio_h, ratio_w, ratio_h])
+def merge_detections(detections: Sequence[Detections]) -> Detections:
+    """One image's detections of several prompt chunks, concatenated."""
+    return Detections(torch.cat([d.boxes for d in detections]), torch.cat([d.scores for d in detections]),
+                      torch.cat([d.labels for d in detections]))

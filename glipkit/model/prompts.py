@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor
 
 Span = tuple[int, int]
+PhraseSpans = Union[Span, Sequence[Span]]  # one phrase: a span, or several whose tokens are united
 
 
 def clean_name(name: str) -> str:
@@ -46,6 +47,19 @@ def build_detection_prompt(
         if i + 1 < len(names):
             position += len(separator)
     return separator.join(parts), spans
+
+
+def split_phrases(prompt: str) -> list[Span]:
+    """Spans of the '.'-separated pieces of a prompt ("person. dog" -> two phrases), whitespace trimmed."""
+    spans = []
+    position = 0
+    for piece in prompt.split("."):
+        stripped = piece.strip()
+        if stripped:
+            start = position + piece.index(stripped)
+            spans.append((start, start + len(stripped)))
+        position += len(piece) + 1
+    return spans
 
 
 def chunk_indices(count: int, chunk_size: int) -> list[list[int]]:
@@ -96,14 +110,21 @@ class EncodedPrompts:
     unmapped: list[list[int]] = field(default_factory=list)
 
 
+def _is_span(phrase) -> bool:
+    return len(phrase) == 2 and all(isinstance(v, int) for v in phrase)
+
+
 def encode_prompts(
     tokenizer,
     prompts: Sequence[str],
-    spans: Sequence[Sequence[Span]],
+    spans: Sequence[Sequence[PhraseSpans]],
     max_length: int = 256,
     pad_to_max_length: bool = False,
 ) -> EncodedPrompts:
     """Tokenize prompts (truncating at `max_length`) and map each phrase span to its tokens (§4.2, §4.4).
+
+    A phrase is one span or several (a Flickr30K phrase, §7.6): its row is the union of their tokens, and it is
+    unmapped when none of them maps.
 
     The official code pads every prompt to 256 tokens; padding to the longest prompt of the batch gives
     the same outputs on real tokens and is much cheaper, so it is the default here.
@@ -121,12 +142,15 @@ def encode_prompts(
     for b, prompt_spans in enumerate(spans):
         positive_map = torch.zeros(len(prompt_spans), length)
         missing = []
-        for j, span in enumerate(prompt_spans):
-            tokens = span_to_tokens(encoding, span, b)
-            if tokens is None:
+        for j, phrase in enumerate(prompt_spans):
+            mapped = False
+            for span in ([phrase] if _is_span(phrase) else phrase):
+                tokens = span_to_tokens(encoding, span, b)
+                if tokens is not None:
+                    positive_map[j, tokens[0] : tokens[1] + 1] = 1.0
+                    mapped = True
+            if not mapped:
                 missing.append(j)
-                continue
-            positive_map[j, tokens[0] : tokens[1] + 1] = 1.0
         positive_maps.append(positive_map)
         unmapped.append(missing)
     return EncodedPrompts(encoding["input_ids"], encoding["attention_mask"], positive_maps, unmapped)
@@ -187,3 +211,23 @@ def vocabulary_chunks(
                              f"{len(indices)} classes; use a smaller chunk size")
         chunks.append(VocabularyChunk(text, tuple(spans), indices[0]))
     return chunks
+
+
+@dataclass
+class PromptChunk:
+    """One text pass over an image batch: a prompt and its phrases' spans per image, and each image's label offset
+    (the index its first phrase has among all the image's phrases)."""
+
+    prompts: list[str]
+    spans: list[list[PhraseSpans]]
+    label_offsets: list[int]
+
+    @classmethod
+    def for_captions(cls, captions: Sequence[str], spans: Sequence[Sequence[PhraseSpans]]) -> "PromptChunk":
+        """Caption mode: each image's caption is its prompt and its phrases' spans are the positives."""
+        return cls(list(captions), [list(s) for s in spans], [0] * len(captions))
+
+    @classmethod
+    def for_vocabulary(cls, chunks: Sequence[VocabularyChunk], batch_size: int) -> list["PromptChunk"]:
+        """Classes mode: one text pass per vocabulary chunk, the same prompt for every image of the batch."""
+        return [cls([c.text] * batch_size, [list(c.spans)] * batch_size, [c.offset] * batch_size) for c in chunks]

@@ -7,7 +7,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -35,6 +34,11 @@ def resize_image(image: Image.Image, min_size: int, max_size: int) -> Image.Imag
     return image.resize((width, height), Image.BILINEAR)
 
 
+def to_uint8_tensor(image: Image.Image) -> Tensor:
+    """An RGB PIL image as a (3, H, W) uint8 tensor (the form images travel in before normalisation on device)."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
 def normalize_image(image: Image.Image | np.ndarray | Tensor, cfg: InputConfig) -> Tensor:
     """RGB uint8 image -> (3, H, W) float tensor in GLIP's input space: BGR, x255, minus mean, over std (§1.1.5)."""
     if isinstance(image, Image.Image):
@@ -59,7 +63,7 @@ def preprocess_image(image: Image.Image, cfg: InputConfig, min_size: int | None 
 
 
 def batch_images(images: Sequence[Tensor], size_divisibility: int = 32) -> tuple[Tensor, list[tuple[int, int]]]:
-    """Zero-pad normalised images bottom/right to a common size rounded up to `size_divisibility` (§1.1.6).
+    """Zero-pad images (normalised, or uint8 to be normalised on device) bottom/right to a common size rounded up to `size_divisibility` (§1.1.6).
 
     Returns the batch (B, 3, H, W) and each image's unpadded (h, w).
     """
@@ -73,11 +77,3 @@ def batch_images(images: Sequence[Tensor], size_divisibility: int = 32) -> tuple
     for i, img in enumerate(images):
         batch[i, :, : img.shape[-2], : img.shape[-1]] = img
     return batch, sizes
-
-
-def pad_batch(batch: Tensor, size_divisibility: int = 32) -> Tensor:
-    """Pad an already stacked batch (B, C, H, W) with zeros to a multiple of `size_divisibility`."""
-    height, width = batch.shape[-2:]
-    pad_h = (-height) % size_divisibility
-    pad_w = (-width) % size_divisibility
-    return F.pad(batch, (0, pad_w, 0, pad_h)) if pad_h or pad_w else batch
