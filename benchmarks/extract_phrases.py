@@ -39,7 +39,7 @@ LABELS = {
 
 def make_captions(n: int, seed: int = 0) -> list[str]:
     """Synthetic image-caption pairs' captions, with some web-style prefixes/suffixes for length variety."""
-    from glipkit.data.synthetic import make_layout
+    from glipkit.demo.samples import make_layout
 
     rng = random.Random(seed)
     prefixes = ["", "", "", "Stock photo: ", "A close-up photograph of ", "Vintage illustration of "]
@@ -60,13 +60,13 @@ def run_one(method: str, files: list[Path], out: Path, workers: int, model: str)
             chunks += sum(1 for _ in ((c.text, c.start_char, c.end_char) for c in doc.noun_chunks))
         assert chunks > 0
         return len(captions)
-    from glipkit.engine.extract_phrases import ExtractPhrasesSettings, run_extract_phrases
+    from glipkit.engine.labelling.extract_phrases import ExtractPhrasesSettings, run_extract_phrases
 
     extractor = method.removeprefix("glipkit-").removesuffix("-1")
     settings = ExtractPhrasesSettings(extractor=extractor, spacy_model=model, overwrite=True)
     report = run_extract_phrases(files, out / method, settings, workers=1 if method.endswith("-1") else workers)
     assert not report.failed, report.results
-    return report.captions_written
+    return report.written
 
 
 def main() -> None:
@@ -81,10 +81,10 @@ def main() -> None:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from glipkit.engine.extract_phrases import default_workers
+    from glipkit.engine.runtime import available_cores
     from glipkit.text.spacy_models import resolve_spacy_model
 
-    workers = args.workers or default_workers()
+    workers = args.workers or available_cores()
     model = resolve_spacy_model(args.spacy_model)
     if args.run_one:
         data = Path(args.data)

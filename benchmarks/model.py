@@ -18,22 +18,19 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from glipkit.demo.vocab import write_vocab
+from glipkit.engine.runtime import autocast
 from glipkit.model.config import preset
-from glipkit.model.glip import GLIP, PromptChunk, autocast_for
-from glipkit.model.prompts import build_detection_prompt, encode_prompts
+from glipkit.model.glip import GLIP
+from glipkit.model.prompts import PromptChunk, encode_prompts, vocabulary_chunks
 
 
-def synthetic_tokenizer(directory: str):
-    """A WordPiece tokenizer over made-up words (the real bert-base-uncased cannot be downloaded here)."""
-    from pathlib import Path
-
+def made_up_tokenizer(directory: str):
+    """A WordPiece tokenizer over 400 made-up words (the real bert-base-uncased cannot be downloaded here)."""
     from transformers import BertTokenizerFast
 
     words = ["".join(a + b + c) for a in string.ascii_lowercase for b in "aeiou" for c in "nrst"][:400]
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","]
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    (Path(directory) / "vocab.txt").write_text("\n".join(specials + list(string.ascii_lowercase) + words) + "\n")
-    return BertTokenizerFast.from_pretrained(directory), words
+    return BertTokenizerFast.from_pretrained(str(write_vocab(directory, words))), words
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -69,7 +66,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    tokenizer, words = synthetic_tokenizer("/tmp/glipkit_bench_vocab")
+    tokenizer, words = made_up_tokenizer("/tmp/glipkit_bench_vocab")
     model = GLIP(preset(args.config), tokenizer=tokenizer).eval().to(device)
     pixels = torch.randn(1, 3, args.size, args.size, device=device)
     sizes = [(args.size, args.size)]
@@ -81,23 +78,20 @@ def main() -> None:
     def forward(pad: bool):
         def run():
             enc = encode_prompts(tokenizer, [caption], spans, pad_to_max_length=pad)
-            with torch.no_grad(), autocast_for(device, args.precision):
+            with torch.no_grad(), autocast(device, args.precision):
                 model(pixels, enc.input_ids.to(device), enc.attention_mask.to(device))
         return run
 
     # (b) an LVIS-like vocabulary of 8 chunks of 40 two-word class names.
     names = [f"{words[(2 * i) % len(words)]} {words[(2 * i + 1) % len(words)]}" for i in range(320)]
-    chunks = []
-    for c in range(8):
-        text, chunk_spans = build_detection_prompt(names[40 * c : 40 * (c + 1)])
-        chunks.append(PromptChunk([text], [chunk_spans], [40 * c]))
+    chunks = PromptChunk.for_vocabulary(vocabulary_chunks(tokenizer, names, chunk_size=40), batch_size=1)
 
     def cached():
-        with torch.no_grad(), autocast_for(device, args.precision):
+        with torch.no_grad(), autocast(device, args.precision):
             model.ground_batch(pixels, sizes, chunks)
 
     def recomputed():
-        with torch.no_grad(), autocast_for(device, args.precision):
+        with torch.no_grad(), autocast(device, args.precision):
             for chunk in chunks:
                 model.ground_batch(pixels, sizes, [chunk])
 

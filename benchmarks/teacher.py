@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import re
 import resource
 import sys
 import tempfile
@@ -38,40 +36,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # bf16 dense tensor-core peaks (TFLOP/s) by device-name fragment; SXM parts (H100 PCIe is lower: 756).
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
                     "A10": 125.0, "V100": 125.0}
-
-
-def write_vocab(directory: Path) -> Path:
-    """A WordPiece vocab.txt holding every word of the synthetic captions (bert-base-uncased cannot be fetched
-    offline; token counts per caption are close to BERT's for these plain English words)."""
-    from glipkit.data.synthetic import make_layout
-
-    rng = random.Random(0)
-    words = set()
-    for _ in range(3000):
-        words.update(re.findall(r"[a-z]+", make_layout(rng).caption.lower()))
-    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(5)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += list(".,;:!?'\"-()/&") + list("abcdefghijklmnopqrstuvwxyz0123456789")
-    tokens += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"] + sorted(words)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join(dict.fromkeys(tokens)) + "\n", encoding="utf-8")
-    return directory
-
-
-def write_gold_phrases(shards, out_dir: Path) -> None:
-    import json
-
-    from glipkit.data.shards import iter_samples, shard_stem
-    from glipkit.data.tables import PHRASES_SCHEMA, PHRASES_SUFFIX, write_table
-
-    for shard in shards:
-        rows = []
-        for sample in iter_samples(shard, extensions=("json",)):
-            meta = json.loads(sample.files["json"])
-            caption = meta["caption"]
-            spans = sorted({tuple(o["span"]) for o in meta["objects"]})
-            rows.append({"key": sample.key, "caption": caption,
-                         "phrases": [{"text": caption[a:b], "start": a, "end": b} for a, b in spans]})
-        write_table(out_dir / f"{shard_stem(shard)}{PHRASES_SUFFIX}", rows, PHRASES_SCHEMA, "extract-phrases", {})
 
 
 def synchronize(device) -> None:
@@ -90,8 +54,9 @@ def official_loop(model, shards, phrases_dir: Path, device, limit: int | None = 
 
     from glipkit.data.shards import iter_samples
     from glipkit.data.tables import read_table
-    from glipkit.engine.teacher_data import phrases_path
-    from glipkit.model.glip import PromptChunk, rescale_boxes
+    from glipkit.engine.labelling.teacher_data import phrases_path
+    from glipkit.model.boxes import rescale_boxes
+    from glipkit.model.prompts import PromptChunk
     from glipkit.model.transforms import batch_images, preprocess_image
 
     count = 0
@@ -103,7 +68,7 @@ def official_loop(model, shards, phrases_dir: Path, device, limit: int | None = 
             image = Image.open(io.BytesIO(sample.files["jpg"])).convert("RGB")
             tensor = preprocess_image(image, model.config.input)
             pixels, sizes = batch_images([tensor], model.config.input.size_divisibility)
-            chunk = PromptChunk([caption], [[(p["start"], p["end"]) for p in spans]], [0])
+            chunk = PromptChunk.for_captions([caption], [[(p["start"], p["end"]) for p in spans]])
             with torch.inference_mode():
                 detections, _ = model.ground_batch(pixels.to(device), sizes, [chunk], pad_text_to_max_length=True)
             det = detections[0]
@@ -116,19 +81,19 @@ def official_loop(model, shards, phrases_dir: Path, device, limit: int | None = 
 
 
 def engine_run(model, shards, phrases_dir: Path, out: Path, workers: int | None, batch_size: int | None = None) -> int:
-    from glipkit.engine.pseudo_label import PseudoLabelSettings, run_pseudo_label
+    from glipkit.engine.labelling.pseudo_label import PseudoLabelSettings, run_pseudo_label
 
     settings = PseudoLabelSettings(phrases_dir=phrases_dir, workers=workers, batch_size=batch_size, overwrite=True,
                                    stats_interval_s=1e9)
     report = run_pseudo_label(shards, out, model, settings)
-    return report.images_read
+    return report.read
 
 
 def data_only(model, shards, phrases_dir: Path, workers: int, batch_size: int) -> tuple[int, float]:
     """Images through the data path alone, and the padding fraction of its batches."""
     from torch.utils.data import DataLoader
 
-    from glipkit.engine.teacher_data import ImageBatch, LoaderSettings, TeacherDataset
+    from glipkit.engine.labelling.teacher_data import ImageBatch, LoaderSettings, TeacherDataset
 
     cfg = model.config.input
     settings = LoaderSettings(phrases_dir=phrases_dir, min_size=cfg.min_size, max_size=cfg.max_size,
@@ -175,10 +140,10 @@ def flops_per_image(model, shards, phrases_dir: Path, device, precision: str, ba
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from glipkit.engine.predictor import Predictor, PredictorSettings, caption_chunks
-    from glipkit.engine.teacher_data import ImageBatch, LoaderSettings, TeacherDataset
-    from glipkit.model.glip import autocast_for
-    from glipkit.model.prompts import encode_prompts
+    from glipkit.engine.labelling.teacher_data import ImageBatch, LoaderSettings, TeacherDataset
+    from glipkit.engine.predictor import Predictor, PredictorSettings
+    from glipkit.engine.runtime import autocast
+    from glipkit.model.prompts import PromptChunk, encode_prompts
 
     def deform_conv_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
         # 2 x output elements x (input channels per group x kernel area) multiply-adds, as for a dense conv.
@@ -193,13 +158,13 @@ def flops_per_image(model, shards, phrases_dir: Path, device, precision: str, ba
         if not isinstance(batch, ImageBatch) or counted >= images:
             continue
         pixels = predictor.normalize(batch.images, batch.sizes)
-        chunk = caption_chunks([r.caption for r in batch.records],
-                               [[(p["start"], p["end"]) for p in r.phrases] for r in batch.records])[0]
+        chunk = PromptChunk.for_captions([r.caption for r in batch.records],
+                                         [[(p["start"], p["end"]) for p in r.phrases] for r in batch.records])
         encoded = encode_prompts(model.tokenizer, chunk.prompts, chunk.spans,
                                  pad_to_max_length=pad_text_to_max_length)
         counter = FlopCounterMode(display=False,
                                   custom_mapping={torch.ops.torchvision.deform_conv2d: deform_conv_flops})
-        with torch.inference_mode(), counter, autocast_for(predictor.device, predictor.precision):
+        with torch.inference_mode(), counter, autocast(predictor.device, predictor.precision):
             model(pixels, encoded.input_ids.to(device), encoded.attention_mask.to(device))
         total += counter.get_total_flops()
         counted += len(batch.records)
@@ -239,10 +204,12 @@ def main() -> None:
 
     import torch
 
-    from glipkit.data.synthetic import write_demo_shards
+    from glipkit.demo.gold import write_gold_phrases
+    from glipkit.demo.samples import write_demo_shards
+    from glipkit.demo.vocab import write_vocab
     from glipkit.engine.distributed import DistributedContext
-    from glipkit.engine.predictor import resolve_precision
-    from glipkit.engine.pseudo_label import default_batch_size, default_workers
+    from glipkit.engine.labelling.pseudo_label import default_batch_size, default_workers
+    from glipkit.engine.runtime import resolve_precision
     from glipkit.model.config import preset
     from glipkit.model.glip import GLIP
     from glipkit.model.hub import load_tokenizer

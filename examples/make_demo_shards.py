@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from glipkit.data.synthetic import write_demo_shards
+from glipkit.demo.samples import write_demo_shards
 
 
 def main() -> None:

@@ -61,8 +61,9 @@ def glipkit(*args: str, env: dict[str, str]) -> float:
 
 
 def make_data(out: Path, args: argparse.Namespace) -> dict[str, Path]:
-    from glipkit.data.synthetic import write_demo_shards
-    from glipkit.data.synthetic_gold import write_coco_split, write_vocab
+    from glipkit.demo.gold import write_coco_split
+    from glipkit.demo.samples import write_demo_shards
+    from glipkit.demo.vocab import write_vocab
 
     paths = {"vocab": write_vocab(out / "vocab"),
              "train": write_coco_split(out / "train", args.train_images, seed=args.seed + 1),

@@ -11,6 +11,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
+from glipkit.demo.vocab import PUNCTUATION, write_vocab
+
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES_DIR = SHARED_DIR / "fixtures"
 
@@ -42,26 +44,11 @@ def glip_fixture_prefix(request: pytest.FixtureRequest) -> Path:
     return Path(request.config.getoption("--glip-fixture"))
 
 
-def write_tiny_vocab(directory: Path) -> Path:
-    """Write a WordPiece vocab.txt (special tokens, punctuation, letters, test words) into `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(5)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += list(".,;:!?'\"-()/&%$#@*+=<>[]{}")
-    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
-    tokens += list(letters) + ["##" + c for c in letters]
-    seen = set(tokens)
-    for word in TINY_WORDS:
-        if word not in seen:
-            tokens.append(word)
-            seen.add(word)
-    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return directory
-
-
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding a small WordPiece vocab that `BertTokenizerFast.from_pretrained` can load."""
-    return write_tiny_vocab(tmp_path_factory.mktemp("tokenizer"))
+    # Without "_" among the punctuation: the token ids, and so the tiny random models' outputs, stay as they were.
+    return write_vocab(tmp_path_factory.mktemp("tokenizer"), TINY_WORDS, punctuation=PUNCTUATION.replace("_", ""))
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from glipkit.files import atomic_path
+
 GLIPKIT_FORMAT = "glipkit"
 
 # Keys of official checkpoints that glipkit recomputes or does not use: tolerated and dropped when loading.
@@ -251,12 +253,10 @@ def save_glipkit_checkpoint(model: nn.Module, config_json: str, path: str | os.P
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": GLIPKIT_FORMAT, "glipkit_config": config_json, **(extra_metadata or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

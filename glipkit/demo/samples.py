@@ -2,8 +2,8 @@
 
 Each sample knows its gold: per object the category, colour, absolute pixel xyxy box (tight to within a
 pixel; x1/y1 exclusive) and the character span of the noun phrase that names it in the caption
-(`caption[start:end] == "a red circle"`; several boxes share a span for "two blue stars"). Used for demo
-shards, tests, and synthetic detection / grounding gold (COCO json, ODVG) in later steps.
+(`caption[start:end] == "a red circle"`; several boxes share a span for "two blue stars").
+`write_demo_shards` writes them as WebDataset shards in img2dataset layout.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
+
+from glipkit.data.shards import write_shard
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (214, 39, 40),
@@ -47,7 +49,7 @@ BACKGROUNDS: dict[str, tuple[str, str, frozenset[str]]] = {
     "snow": ("on", "a snowy field", frozenset({"white"})),
     "road": ("on", "an empty road", frozenset({"black"})),
 }
-_COUNT_WORDS = {2: "two", 3: "three"}
+COUNT_WORDS = {2: "two", 3: "three"}
 
 
 @dataclass
@@ -216,7 +218,7 @@ def _caption(rng: random.Random, groups, background: str) -> tuple[str, list[Syn
         category, colour, boxes = groups[i]
         noun = PLURALS[category] if len(boxes) > 1 else category
         words = [] if category in NATURAL_COLOURS else [colour]
-        det = _COUNT_WORDS[len(boxes)] if len(boxes) > 1 else _article((words or [noun])[0])
+        det = COUNT_WORDS[len(boxes)] if len(boxes) > 1 else _article((words or [noun])[0])
         phrase = " ".join([det, *words, noun])
         start = sum(len(p) for p in pieces)
         pieces.append(phrase)
@@ -411,8 +413,6 @@ def write_demo_shards(
     jpeg_quality: int = 90,
 ) -> list[Path]:
     """Write `num_shards` WebDataset shards `00000.tar`, ... in img2dataset layout (.jpg, .txt, .json)."""
-    from glipkit.data.shards import write_shard
-
     out = Path(out_dir)
     paths = []
     for shard_index in range(num_shards):
@@ -420,12 +420,4 @@ def write_demo_shards(
         members = ((s.key, s.to_webdataset(jpeg_quality)) for s in samples)
         paths.append(write_shard(out / f"{shard_index:05d}.tar", members))
     return paths
-
-
-def gold_from_metadata(meta: dict[str, Any]) -> list[SyntheticObject]:
-    """The gold objects stored in a demo shard's .json member."""
-    return [
-        SyntheticObject(o["category"], o["color"], tuple(o["box"]), tuple(o["span"]))  # type: ignore[arg-type]
-        for o in meta.get("objects", [])
-    ]
 

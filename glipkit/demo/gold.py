@@ -1,16 +1,16 @@
-"""Synthetic gold for training from scratch: COCO / MDETR-style annotation splits and a WordPiece vocabulary.
-
-Built on the shapes-and-objects generator of `glipkit.data.synthetic`; used by examples/teacher_student.py and the
-training tests.
-"""
+"""Gold of the demo samples: COCO / MDETR-style annotation splits for training from scratch, and gold phrase
+tables for demo shards (pseudo-label without running a phrase extractor)."""
 
 from __future__ import annotations
 
 import json
-import re
+import os
 from pathlib import Path
+from typing import Iterable
 
-from glipkit.data.synthetic import _COUNT_WORDS, BACKGROUNDS, CATEGORIES, COLORS, PLURALS, SHAPES, make_samples
+from glipkit.data.shards import iter_samples, shard_stem
+from glipkit.data.tables import PHRASES_SCHEMA, PHRASES_SUFFIX, write_table
+from glipkit.demo.samples import CATEGORIES, SHAPES, make_samples
 
 
 def write_coco_split(
@@ -60,31 +60,18 @@ def write_coco_split(
     return path
 
 
-def vocabulary_words() -> list[str]:
-    """Every word the synthetic captions and class names use, lower-cased, in a fixed order."""
-    texts = list(COLORS) + list(CATEGORIES) + list(PLURALS.values()) + list(_COUNT_WORDS.values())
-    texts += [f"{prep} {place}" for prep, place, _ in BACKGROUNDS.values()]
-    texts += ["a an the photo of close-up with and to left right above below front in on"]
-    words: list[str] = []
-    for text in texts:
-        for word in re.findall(r"[a-z]+", text.lower()):
-            if word not in words:
-                words.append(word)
-    return words
 
-
-def write_vocab(directory: str | Path) -> Path:
-    """Write a small WordPiece `vocab.txt` covering the synthetic captions into `directory`; returns the directory.
-
-    Load it with `BertTokenizerFast.from_pretrained(directory)` (or `--tokenizer DIR`): special tokens, ASCII
-    punctuation, letters and digits (also as `##` pieces, so any word still tokenizes) and the caption words.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(5)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += list(".,;:!?'\"-()/&%$#@*+=<>[]{}_")
-    characters = "abcdefghijklmnopqrstuvwxyz0123456789"
-    tokens += list(characters) + ["##" + c for c in characters]
-    tokens += [w for w in vocabulary_words() if w not in tokens]
-    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return directory
+def write_gold_phrases(shards: Iterable[str | os.PathLike], out_dir: str | Path) -> Path:
+    """Write `<out_dir>/<stem>.phrases.parquet` per demo shard with the gold noun-phrase spans of its .json members,
+    as `extract-phrases` would (extractor "gold"); returns `out_dir`."""
+    for shard in shards:
+        rows = []
+        for sample in iter_samples(shard, extensions=("json",)):
+            meta = json.loads(sample.files["json"])
+            caption = meta["caption"]
+            spans = sorted({tuple(o["span"]) for o in meta["objects"]})
+            rows.append({"key": sample.key, "caption": caption,
+                         "phrases": [{"text": caption[a:b], "start": a, "end": b} for a, b in spans]})
+        write_table(Path(out_dir) / f"{shard_stem(shard)}{PHRASES_SUFFIX}", rows, PHRASES_SCHEMA,
+                    "extract-phrases", {"extractor": "gold"})
+    return Path(out_dir)
