@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
 
-from glipkit.data.shards import iter_samples, shard_stem
-from glipkit.data.tables import PHRASES_SCHEMA, PHRASES_SUFFIX, write_table
+from glipkit.data.shards import iter_samples
 from glipkit.model.config import glip_tiny_test
 from glipkit.model.glip import GLIP
 
@@ -25,21 +23,6 @@ def tiny_teacher(tokenizer) -> GLIP:
 def save_tiny_teacher(path: Path, tokenizer) -> Path:
     tiny_teacher(tokenizer).save_pretrained(path)
     return path
-
-
-def write_gold_phrases(shards, out_dir: Path) -> Path:
-    """A `<stem>.phrases.parquet` per demo shard with the gold noun-phrase spans of its .json members."""
-    for shard in shards:
-        rows = []
-        for sample in iter_samples(shard):
-            meta = json.loads(sample.files["json"])
-            caption = meta["caption"]
-            spans = sorted({tuple(o["span"]) for o in meta["objects"]})
-            rows.append({"key": sample.key, "caption": caption,
-                         "phrases": [{"text": caption[a:b], "start": a, "end": b} for a, b in spans]})
-        write_table(Path(out_dir) / f"{shard_stem(shard)}{PHRASES_SUFFIX}", rows, PHRASES_SCHEMA,
-                    "extract-phrases", {"extractor": "gold"})
-    return Path(out_dir)
 
 
 def shard_keys(shards) -> list[str]:

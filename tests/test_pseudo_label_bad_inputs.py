@@ -15,9 +15,9 @@ from PIL import Image
 from glipkit.data.images import CORRUPT_IMAGE, DEFAULT_MAX_IMAGE_PIXELS, EMPTY_IMAGE, NOT_AN_IMAGE, TOO_LARGE, \
     ImageDecodeError, decode_image, set_pil_pixel_limit
 from glipkit.data.shards import NO_CAPTION, write_shard
-from glipkit.engine.extract_phrases import ExtractPhrasesSettings
-from glipkit.engine.filters import PHRASES_BEYOND_TOKEN_LIMIT, filter_settings
-from glipkit.engine.pseudo_label import PseudoLabelSettings, run_pseudo_label
+from glipkit.engine.labelling.extract_phrases import ExtractPhrasesSettings
+from glipkit.engine.labelling.filters import PHRASES_BEYOND_TOKEN_LIMIT, filter_settings
+from glipkit.engine.labelling.pseudo_label import PseudoLabelSettings, run_pseudo_label
 from glipkit.text.phrases import PhraseOptions
 from pseudo_label_helpers import read_rows, tiny_teacher
 

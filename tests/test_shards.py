@@ -34,18 +34,17 @@ from glipkit.data.shards import (
     shards_for_worker,
     write_shard,
 )
-from glipkit.data.synthetic import CATEGORIES, COLORS, make_samples, write_demo_shards
 from glipkit.data.tables import (
     LABELS_SCHEMA,
     PHRASES_SCHEMA,
     AtomicParquetWriter,
     phrases_table,
     read_metadata,
-    read_stats,
     read_table,
-    update_stats,
     write_table,
 )
+from glipkit.engine.shard_job import StatsWriter, read_stats
+from glipkit.demo.samples import CATEGORIES, COLORS, make_samples, write_demo_shards
 from glipkit.errors import GlipkitUsageError
 
 
@@ -328,22 +327,27 @@ def test_atomic_writer_leaves_nothing_on_failure(tmp_path: Path) -> None:
 
 
 def test_stats_merge_under_concurrency(tmp_path: Path) -> None:
+    names = [f"{prefix}{i:02d}" for prefix in "abc" for i in range(15)]
+    stats_writer = StatsWriter(tmp_path, names, {"command": "x"})
+
     def writer(prefix: str) -> None:
         for i in range(15):
-            update_stats(tmp_path, {f"{prefix}{i:02d}": {"read": 2, "written": 1, "status": "done",
-                                                          "skipped_by_reason": {"empty caption": 1}}}, {"command": "x"})
+            stats_writer.write(f"{prefix}{i:02d}", {"read": 2, "written": 1, "status": "done",
+                                                    "skipped_by_reason": {"empty caption": 1}})
 
     threads = [threading.Thread(target=writer, args=(p,)) for p in "abc"]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    stats_writer.merge()
     stats = read_stats(tmp_path)
     assert len(stats["shards"]) == 45 and stats["command"] == "x"
     assert stats["totals"]["read"] == 90 and stats["totals"]["written"] == 45
     assert stats["totals"]["skipped_by_reason"] == {"empty caption": 45}
     assert stats["totals"]["shards_by_status"] == {"done": 45}
-    update_stats(tmp_path, {"a00": {"read": 10, "status": "failed"}})
+    stats_writer.write("a00", {"read": 10, "status": "failed"})
+    stats_writer.merge()
     assert read_stats(tmp_path)["totals"]["read"] == 98
 
 

@@ -7,7 +7,6 @@ number, zero-padded to 9 digits like img2dataset keys.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from dataclasses import dataclass
@@ -20,16 +19,17 @@ from glipkit.data.shards import (
     INVALID_JSON,
     NO_CAPTION,
     CaptionError,
+    PathKind,
     ShardReadError,
-    expand_braces,
+    expand_paths,
     is_shard_path,
     iter_samples,
     sample_caption,
-    split_top_level,
 )
 from glipkit.errors import GlipkitUsageError
 
 CAPTION_FILE_SUFFIXES = (".jsonl", ".parquet", ".txt")
+CAPTION_FILES = PathKind("caption file", "caption files", CAPTION_FILE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -46,33 +46,13 @@ def is_caption_file(path: str | os.PathLike) -> bool:
 
 
 def expand_caption_files(spec: str | os.PathLike) -> list[Path]:
-    """Caption files named by a path, a glob, a brace pattern, a directory (its caption files) or a comma
-    list of these. Raises GlipkitUsageError when a named file is missing or of an unknown type."""
-    text = os.fspath(spec)
-    items = [text] if os.path.exists(text) else [i.strip() for i in split_top_level(text, ",") if i.strip()]
-    out: list[Path] = []
-    for item in items:
-        for candidate in [item] if os.path.exists(item) else expand_braces(item):
-            path = Path(candidate).expanduser()
-            if path.is_dir():
-                found = sorted(p for p in path.iterdir() if p.is_file() and is_caption_file(p) and not p.name.startswith((".", "_")))
-                if not found:
-                    raise GlipkitUsageError(f"directory {path} holds no caption files ({', '.join(CAPTION_FILE_SUFFIXES)})")
-                out.extend(found)
-            elif glob.has_magic(candidate) and not path.exists():
-                found = sorted(Path(p) for p in glob.glob(candidate) if os.path.isfile(p))
-                if not found:
-                    raise GlipkitUsageError(f"glob {candidate!r} matches no caption files")
-                out.extend(found)
-            elif not path.is_file():
-                raise GlipkitUsageError(f"caption file {path} does not exist")
-            else:
-                out.append(path)
-    unknown = [p for p in out if not is_caption_file(p)]
+    """Caption files named by a path spec (`--captions`, see data/shards.expand_paths); a missing file or one of
+    an unknown type is a usage error."""
+    paths = expand_paths(spec, CAPTION_FILES)
+    unknown = [p for p in paths if not is_caption_file(p)]
     if unknown:
         raise GlipkitUsageError(f"{unknown[0]}: caption files must be .jsonl, .parquet or .txt")
-    seen: set[Path] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+    return paths
 
 
 def iter_caption_records(path: str | os.PathLike) -> Iterator[CaptionRecord]:

@@ -1,4 +1,4 @@
-"""WebDataset tar shards: expand a shard spec, stream samples grouped by key, split shards over ranks/workers.
+"""WebDataset tar shards: expand a path spec, stream samples grouped by key, split shards over ranks/workers.
 
 Layout (img2dataset / WebDataset): consecutive tar members sharing a key form one sample, e.g.
 `000000012.jpg`, `000000012.txt`, `000000012.json`. The key is the member path up to the first dot
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from glipkit.errors import GlipkitUsageError
+from glipkit.files import atomic_path
 
 T = TypeVar("T")
 
@@ -176,53 +177,70 @@ def shard_stem(path: str | os.PathLike) -> str:
     return name
 
 
-def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike], *, _depth: int = 0) -> list[Path]:
-    """Expand a shard spec into an ordered list of shard paths without duplicates.
+@dataclass(frozen=True)
+class PathKind:
+    """What a path spec names: `name` files (`what` in plural) with these suffixes; `lists`: a file with a
+    LIST_SUFFIXES name lists more specs; `missing_ok`: a named file may be missing (its reader reports it)."""
+
+    name: str
+    what: str
+    suffixes: tuple[str, ...]
+    lists: bool = False
+    missing_ok: bool = False
+
+
+TAR_SHARDS = PathKind("shard", "shards", SHARD_SUFFIXES, lists=True, missing_ok=True)
+
+
+def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], kind: PathKind, *,
+                 _depth: int = 0) -> list[Path]:
+    """Expand a path spec into an ordered list of paths without duplicates.
 
     A spec is a path, a brace pattern (`data/{00000..00099}.tar`), a glob (`data/*.tar`), a directory (its
-    tar shards, sorted), a text file listing one spec per line (.txt/.lst/.list/.shards; `#` comments; relative
-    lines are relative to the list file), or a comma-separated list of these. Files named by a path or brace
-    pattern may be missing (the reader reports them per shard), but a spec whose shards all are missing, an
-    empty glob or a directory without shards raises ShardSpecError.
+    files of the kind, sorted, hidden and `_` names skipped), a list file when the kind allows (one spec per
+    line, `#` comments, relative lines relative to the list), or a comma-separated list of these. Raises
+    ShardSpecError (a usage error) for a spec that names nothing, an empty glob or directory, and a missing file
+    (unless the kind allows missing files: then only when all are missing).
     """
     if _depth > 8:
-        raise ShardSpecError("shard list files nest more than 8 deep")
-    items: list[str]
+        raise ShardSpecError(f"{kind.name} list files nest more than 8 deep")
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
-        items = [text] if os.path.exists(text) else [p for p in split_top_level(text, ",")]
+        items = [text] if os.path.exists(text) else split_top_level(text, ",")
     else:
         items = [os.fspath(s) for s in spec]
     out: list[Path] = []
-    for item in items:
-        item = item.strip()
-        if not item:
-            continue
-        candidates = [item] if os.path.exists(item) else expand_braces(item)
-        for candidate in candidates:
-            out.extend(_expand_one(os.path.expanduser(candidate), _depth))
+    for item in (i.strip() for i in items):
+        for candidate in ([item] if os.path.exists(item) else expand_braces(item)) if item else []:
+            out.extend(_expand_one(os.path.expanduser(candidate), kind, _depth))
     seen: set[Path] = set()
     unique = [p for p in out if not (p in seen or seen.add(p))]
     label = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else ",".join(items)
     if not unique:
-        raise ShardSpecError(f"shard spec {label!r} names no shards")
+        raise ShardSpecError(f"{kind.name} spec {label!r} names no {kind.what}")
     if _depth == 0 and not any(p.exists() for p in unique):
-        raise ShardSpecError(f"none of the {len(unique)} shards of spec {label!r} exists (first: {unique[0]})")
+        raise ShardSpecError(f"none of the {len(unique)} {kind.what} of spec {label!r} exists (first: {unique[0]})")
     return unique
 
 
-def _expand_one(item: str, depth: int) -> list[Path]:
+def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The tar shards of a shard spec (`--shards`, see expand_paths); a missing shard is reported when read."""
+    return expand_paths(spec, TAR_SHARDS)
+
+
+def _expand_one(item: str, kind: PathKind, depth: int) -> list[Path]:
     path = Path(item)
     if path.is_dir():
-        shards = sorted(p for p in path.iterdir() if p.is_file() and is_shard_path(p) and not p.name.startswith("."))
-        if not shards:
-            raise ShardSpecError(f"directory {path} holds no tar shards ({', '.join(SHARD_SUFFIXES)})")
-        return shards
-    if path.is_file() and item.lower().endswith(LIST_SUFFIXES):
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(kind.suffixes)
+                       and not p.name.startswith((".", "_")))
+        if not found:
+            raise ShardSpecError(f"directory {path} holds no {kind.what} ({', '.join(kind.suffixes)})")
+        return found
+    if kind.lists and path.is_file() and item.lower().endswith(LIST_SUFFIXES):
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise ShardSpecError(f"cannot read shard list {path}: {e}") from None
+            raise ShardSpecError(f"cannot read {kind.name} list {path}: {e}") from None
         out: list[Path] = []
         for line in lines:
             line = line.strip()
@@ -230,13 +248,15 @@ def _expand_one(item: str, depth: int) -> list[Path]:
                 continue
             if not os.path.isabs(os.path.expanduser(line)):
                 line = str(path.parent / line)
-            out.extend(expand_shards(line, _depth=depth + 1))
+            out.extend(expand_paths(line, kind, _depth=depth + 1))
         return out
     if glob.has_magic(item) and not path.exists():
         matches = sorted(Path(p) for p in glob.glob(item) if os.path.isfile(p))
         if not matches:
             raise ShardSpecError(f"glob {item!r} matches no files")
         return matches
+    if not kind.missing_ok and not path.is_file():
+        raise ShardSpecError(f"{kind.name} {path} does not exist")
     return [path]
 
 
@@ -409,26 +429,16 @@ def sample_caption(sample: Sample) -> str:
 
 
 def write_shard(path: str | os.PathLike, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> Path:
-    """Write a tar shard of (key, {extension: bytes}) samples; written to a temporary name, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
-            for key, members in samples:
-                for ext, data in members.items():
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    info.mode = 0o644
-                    info.mtime = int(time.time())
-                    tar.addfile(info, io.BytesIO(data))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write a tar shard of (key, {extension: bytes}) samples, atomically."""
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                info.mode = 0o644
+                info.mtime = int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

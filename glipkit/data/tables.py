@@ -1,7 +1,7 @@
-"""Parquet tables between commands (ARCHITECTURE.md "Data contracts"): schemas, atomic writer, reader, _stats.json.
+"""Parquet tables between commands (ARCHITECTURE.md "Data contracts"): schemas, atomic writer, reader.
 
-Every table file is written under a hidden temporary name in its final directory, fsynced and renamed, so a
-file with the final name is always complete. Its key-value metadata holds `glipkit.version`,
+Every table file is written under a hidden temporary name in its final directory, fsynced and renamed
+(glipkit/files.py), so a file with the final name is always complete. Its key-value metadata holds `glipkit.version`,
 `glipkit.command` and `glipkit.settings` (JSON).
 """
 
@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from glipkit import __version__
+from glipkit.files import atomic_path
 
 PHRASE_TYPE = pa.struct([("text", pa.string()), ("start", pa.int32()), ("end", pa.int32())])
 BOX_TYPE = pa.struct(
@@ -59,7 +60,6 @@ META_SETTINGS = b"glipkit.settings"
 
 PHRASES_SUFFIX = ".phrases.parquet"
 LABELS_SUFFIX = ".parquet"
-STATS_FILE = "_stats.json"
 
 
 def phrases_table(
@@ -86,6 +86,15 @@ def phrases_table(
     )
 
 
+def top_boxes(scores, box_threshold: float, max_boxes: int = 0) -> np.ndarray:
+    """Indices of the boxes scoring at least `box_threshold`, highest score first (ties in box order), at most
+    `max_boxes` (0: all): the box filter of a labels table, when it is written and when it is read."""
+    scores = np.asarray(scores, dtype=np.float32)
+    order = np.argsort(-scores, kind="stable")
+    order = order[scores[order] >= box_threshold]
+    return order[:max_boxes] if max_boxes > 0 else order
+
+
 def table_metadata(command: str, settings: Mapping[str, Any]) -> dict[bytes, bytes]:
     """Key-value metadata recording the glipkit version, the producing command and its settings."""
     return {
@@ -93,20 +102,6 @@ def table_metadata(command: str, settings: Mapping[str, Any]) -> dict[bytes, byt
         META_COMMAND: command.encode(),
         META_SETTINGS: json.dumps(settings, sort_keys=True, default=str).encode(),
     }
-
-
-def _temporary_path(path: Path) -> Path:
-    # Hidden (leading dot) so that pyarrow datasets, pandas and DuckDB globs over the directory ignore it.
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class AtomicParquetWriter:
@@ -134,11 +129,12 @@ class AtomicParquetWriter:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._tmp: Path | None = None
+        self._stack: contextlib.ExitStack | None = None
         self._writer: pq.ParquetWriter | None = None
 
     def __enter__(self) -> "AtomicParquetWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _temporary_path(self.path)
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path))
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression)
         return self
 
@@ -165,20 +161,16 @@ class AtomicParquetWriter:
         self._pending, self._pending_rows = [], 0
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._tmp is not None and self._writer is not None
-        try:
-            if exc_type is None:
-                self._flush()
+        assert self._stack is not None and self._writer is not None
+        stack, self._stack = self._stack, None
+        if exc_type is not None:
+            with contextlib.suppress(Exception):
                 self._writer.close()
-                with open(self._tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(self._tmp, self.path)
-                _fsync_directory(self.path.parent)
-            else:
-                with contextlib.suppress(Exception):
-                    self._writer.close()
-        finally:
-            self._tmp.unlink(missing_ok=True)
+            stack.__exit__(exc_type, exc, tb)  # removes the temporary file
+            return
+        with stack:  # renamed into place when this block finishes, removed when it raises
+            self._flush()
+            self._writer.close()
 
 
 def write_table(
@@ -218,87 +210,3 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         "command": meta.get(META_COMMAND, b"").decode() or None,
         "settings": json.loads(settings) if settings else None,
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# _stats.json
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: single-writer use only
-        yield
-        return
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def read_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """The content of `<out_dir>/_stats.json`, or an empty stats dict when there is none yet."""
-    path = Path(out_dir) / STATS_FILE
-    if not path.exists():
-        return {"shards": {}}
-    with open(path, encoding="utf-8") as f:
-        stats = json.load(f)
-    stats.setdefault("shards", {})
-    return stats
-
-
-def update_stats(
-    out_dir: str | os.PathLike,
-    shard_entries: Mapping[str, Mapping[str, Any]],
-    header: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Merge per-shard entries into `<out_dir>/_stats.json` under a file lock, written atomically.
-
-    Entries replace those of the same shard name; `header` fields (e.g. command, settings) replace top-level
-    fields. `totals` is recomputed from all shard entries by summing their numeric fields. Safe to call from
-    several processes (ranks) at once on a POSIX filesystem.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / STATS_FILE
-    with _locked(out / f".{STATS_FILE}.lock"):
-        stats = read_stats(out)
-        stats["glipkit_version"] = __version__
-        if header:
-            stats.update(header)
-        stats["shards"].update({name: dict(entry) for name, entry in shard_entries.items()})
-        stats["shards"] = dict(sorted(stats["shards"].items()))
-        stats["totals"] = _totals(stats["shards"].values())
-        tmp = _temporary_path(path)
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(stats, f, indent=1, ensure_ascii=False, default=str)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return stats
-
-
-def _totals(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    totals: dict[str, Any] = {"shards": 0}
-    for entry in entries:
-        totals["shards"] += 1
-        for name, value in entry.items():
-            if isinstance(value, bool):
-                continue
-            if isinstance(value, int):
-                totals[name] = totals.get(name, 0) + value
-            elif isinstance(value, dict) and name.endswith("_by_reason"):
-                bucket = totals.setdefault(name, {})
-                for reason, n in value.items():
-                    bucket[reason] = bucket.get(reason, 0) + n
-        status = entry.get("status")
-        if status:
-            by_status = totals.setdefault("shards_by_status", {})
-            by_status[status] = by_status.get(status, 0) + 1
-    return totals

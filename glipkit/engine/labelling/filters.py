@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from glipkit.data.tables import top_boxes
 from glipkit.model.config import PostprocessConfig
 
 # Row flags (the `flags` column).
@@ -79,10 +80,7 @@ def postprocess_for(filters: FilterSettings, base: PostprocessConfig) -> Postpro
 
 def apply_filters(scores: Tensor, filters: FilterSettings) -> tuple[Tensor, list[str]]:
     """Indices of the boxes to keep (highest score first) and the image's flags, from its detection scores."""
-    order = torch.argsort(scores, descending=True, stable=True)
-    order = order[scores[order] >= filters.box_threshold]
-    if filters.max_boxes > 0:
-        order = order[: filters.max_boxes]
+    order = torch.from_numpy(top_boxes(scores.cpu().numpy(), filters.box_threshold, filters.max_boxes))
     flags: list[str] = []
     if filters.image_threshold is not None and not bool((scores[order] >= filters.image_threshold).any()):
         flags.append(BELOW_IMAGE_THRESHOLD)

@@ -7,7 +7,8 @@ Flow (one process per GPU under torchrun, or one process on a CPU machine):
   * a shard's rows are written when its last batch is done, to a temporary name renamed into place (atomic),
     after its `_stats/shards/<stem>.json` entry; memory holds only the shards in flight;
   * rank 0 folds the entries into `_stats.json` as it goes and, after a barrier, once at the end.
-A re-run skips shards whose table exists (`overwrite` redoes them). A bad sample is counted with its key and
+Statuses, resume, stale temporary files and `_stats.json` are the shard-job skeleton's (engine/shard_job.py). A
+re-run skips shards whose table exists (`overwrite` redoes them). A bad sample is counted with its key and
 reason, never fatal; a damaged shard keeps the samples before the damage.
 
 Output rows follow ARCHITECTURE.md plus a `flags` column: `below_image_threshold` / `too_few_boxes` (boxes
@@ -19,8 +20,7 @@ whole vocabulary is in the file's metadata.
 
 from __future__ import annotations
 
-import glob
-import hashlib
+import contextlib
 import os
 import socket
 import time
@@ -32,24 +32,27 @@ import pyarrow as pa
 import torch
 
 from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS
-from glipkit.data.shards import shard_stem, shards_for_rank
+from glipkit.data.shards import expand_shards, shards_for_rank
 from glipkit.data.tables import LABELS_SCHEMA, LABELS_SUFFIX, read_metadata, write_table
-from glipkit.engine.distributed import DistributedContext, available_cores
-from glipkit.engine.extract_phrases import ExtractPhrasesSettings
-from glipkit.engine.filters import NO_PHRASES, PHRASES_BEYOND_TOKEN_LIMIT, PRESETS, FilterSettings, \
+from glipkit.engine.distributed import DistributedContext, init_distributed
+from glipkit.engine.labelling.extract_phrases import ExtractPhrasesSettings
+from glipkit.engine.labelling.filters import NO_PHRASES, PHRASES_BEYOND_TOKEN_LIMIT, PRESETS, FilterSettings, \
     apply_filters, postprocess_for
-from glipkit.engine.label_stats import ShardStats, merge_stats, rank_stats_path, shard_stats_path, \
-    write_json_atomic
-from glipkit.engine.predictor import Grounding, Predictor, PredictorSettings, caption_chunks, class_chunks
-from glipkit.engine.teacher_data import CAPTION, CLASSES, DONE, FAILED, PARTIAL, PROMPT_MODES, ImageBatch, \
-    LoaderSettings, SampleRecord, ShardEnd, TeacherDataset, phrases_path
-from glipkit.engine.teacher_data import UNREADABLE  # noqa: F401  (a ShardResult status, like EXISTS)
+from glipkit.engine.labelling.stats import ShardStats, rank_stats_path, read_rank_runs, summary
+from glipkit.engine.labelling.teacher_data import CAPTION, CLASSES, PROMPT_MODES, ImageBatch, LoaderSettings, \
+    SampleRecord, ShardEnd, TeacherDataset, phrases_path
+from glipkit.engine.predictor import Grounding, Predictor, PredictorSettings
+from glipkit.engine.progress import ProgressCallback, ProgressEvent
+from glipkit.engine.runtime import available_cores, load_model, resolve_device
+from glipkit.engine.runtime import model_info as describe_model
+from glipkit.engine.shard_job import DONE, FAILED, PARTIAL, JobReport, ShardResult, StatsWriter, output_paths, \
+    skip_finished
 from glipkit.errors import GlipkitUsageError
-from glipkit.model.prompts import vocabulary_chunks
+from glipkit.files import write_json_atomic
+from glipkit.model.prompts import PromptChunk, vocabulary_chunks
 
 COMMAND = "pseudo-label"
 BARRIER_TIMEOUT_MINUTES = 7 * 24 * 60  # a rank that finished its shards waits for the slowest rank at the end
-EXISTS = "exists"  # ShardResult.status of a shard skipped because its table exists
 MODEL_ERROR = "model error"
 LABELS_WITH_FLAGS_SCHEMA = LABELS_SCHEMA.append(pa.field("flags", pa.list_(pa.string()), nullable=False))
 
@@ -80,123 +83,17 @@ class PseudoLabelSettings:
     stats_interval_s: float = 10.0  # rank 0 rewrites _stats.json at most this often while running
 
 
-@dataclass
-class ShardResult:
-    """What happened to one shard in this run."""
-
-    shard: str
-    status: str
-    output: str | None = None
-    read: int = 0
-    written: int = 0
-    failed: int = 0
-    boxes: int = 0
-    error: str | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class JobProgress:
-    """Sent to the progress callback after every batch and every finished shard (this rank's counts)."""
-
-    shards_done: int
-    shards_total: int
-    images: int  # images read in this run (counted when they leave the model, or fail)
-    boxes: int
-    elapsed_s: float
-    finished: ShardResult | None = None
-
-
-@dataclass
-class JobReport:
-    """This rank's results."""
-
-    results: list[ShardResult]
-    seconds: float
-    out_dir: Path
-    rank: int = 0
-    world_size: int = 1
-    stats: dict | None = None  # the merged _stats.json (rank 0)
-
-    def count(self, status: str) -> int:
-        return sum(r.status == status for r in self.results)
-
-    @property
-    def images_read(self) -> int:
-        return sum(r.read for r in self.results)
-
-    @property
-    def rows_written(self) -> int:
-        return sum(r.written for r in self.results)
-
-    @property
-    def boxes(self) -> int:
-        return sum(r.boxes for r in self.results)
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images_read / self.seconds if self.seconds > 0 else 0.0
-
-
-ProgressCallback = Callable[[JobProgress], None]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Model
-
-
-def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_teacher(model: str, tokenizer: str | None = None, device: torch.device | str = "cpu"):
-    """(GLIP in eval mode on `device`, model info for the tables' metadata) from a name, a path or `preset:NAME`."""
-    from glipkit.engine.loading import load_glip
-    from glipkit.model.hub import NAMED_MODELS, download_named_model
-
-    glip = load_glip(model, tokenizer, str(device))
-    info: dict[str, Any] = {"model": model, "tokenizer": tokenizer or "bert-base-uncased"}
-    if model.startswith("preset:"):
-        info["weights"] = "random (torch.manual_seed(0))"
-    else:
-        path = download_named_model(model) if model in NAMED_MODELS else Path(model)
-        info.update(model_file=str(path), model_bytes=os.path.getsize(path), model_sha256=file_sha256(path))
-    return glip, info
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Paths
-
-
-def output_path(out_dir: str | os.PathLike, shard: str | os.PathLike) -> Path:
-    """`<out_dir>/<shard stem>.parquet`."""
-    return Path(out_dir) / f"{shard_stem(shard)}{LABELS_SUFFIX}"
-
-
-def check_unique_outputs(shards: Sequence[str | os.PathLike]) -> None:
-    """Two shards with the same stem would write the same table: a usage error, found before any work."""
-    seen: dict[str, str] = {}
-    for shard in shards:
-        stem = shard_stem(shard)
-        if stem in seen:
-            raise GlipkitUsageError(f"shards {seen[stem]} and {shard} would both write {stem}{LABELS_SUFFIX}; "
-                                    "give them distinct names")
-        seen[stem] = str(shard)
-
-
-def _remove_stale_temporaries(out_dir: Path, shards: Sequence[str]) -> None:
-    # Temporary files of a killed run (hidden, never read by anything); only this rank's shards are touched.
-    for shard in shards:
-        stem = shard_stem(shard)
-        stats_dir = shard_stats_path(out_dir, shard).parent
-        for directory, prefix in ((out_dir, f".{stem}{LABELS_SUFFIX}.tmp-"), (stats_dir, f".{stem}.json.tmp-")):
-            if directory.is_dir():
-                for path in directory.glob(glob.escape(prefix) + "*"):
-                    path.unlink(missing_ok=True)
+def parse_image_size(value: str) -> tuple[int, int]:
+    """`--image-size SHORT[,MAX]` -> (short side, long side limit); MAX defaults to SHORT x 1333/800, GLIP's
+    800/1333 ratio."""
+    try:
+        parts = [int(p) for p in value.split(",")]
+    except ValueError:
+        raise GlipkitUsageError(f"--image-size {value!r}: expected SHORT or SHORT,MAX (integers)") from None
+    size = (parts[0], parts[1] if len(parts) > 1 else max(parts[0], round(parts[0] * 1333 / 800)))
+    if len(parts) > 2 or min(size) < 32 or size[1] < size[0]:
+        raise GlipkitUsageError(f"--image-size {value!r}: need 32 <= SHORT <= MAX")
+    return size
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -211,36 +108,6 @@ def default_workers(context: DistributedContext) -> int:
     return max(1, min(8, cores - 1))
 
 
-def parse_class_list(value: str) -> list[str]:
-    """Classes from `--classes`: a file (.json list, COCO json with `categories`, or text with one class a
-    line) or an inline "person. dog. traffic light" (commas work too when there is no '.')."""
-    import json
-
-    path = Path(value)
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-            if isinstance(data, dict) and "categories" in data:
-                data = [c["name"] for c in sorted(data["categories"], key=lambda c: c.get("id", 0))]
-            if not isinstance(data, list) or not all(isinstance(c, str) for c in data):
-                raise GlipkitUsageError(f"{path}: expected a JSON list of class names or COCO json with 'categories'")
-            names = [c.strip() for c in data]
-        else:
-            lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-            names = lines if len(lines) > 1 else parse_class_list(lines[0]) if lines else []
-    else:
-        separator = "." if "." in value else ","
-        names = [c.strip() for c in value.split(separator)]
-    names = [n for n in names if n]
-    if not names:
-        raise GlipkitUsageError(f"--classes {value!r} names no class")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise GlipkitUsageError(f"--classes lists {duplicates[0]!r} more than once")
-    return names
-
-
 def pseudo_label(
     shard_spec: str | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -253,18 +120,16 @@ def pseudo_label(
 ) -> JobReport:
     """The `glipkit pseudo-label` command: join torchrun's group (if any), expand the shards, load the teacher
     on this rank's device and run the job."""
-    from glipkit.data.shards import expand_shards
-    from glipkit.engine.distributed import device_for_rank, init_distributed
-
     # gloo even on GPUs: the ranks only meet in one barrier at the end, which may wait for hours on the slowest.
     context = init_distributed(backend="gloo", timeout_minutes=BARRIER_TIMEOUT_MINUTES)
     try:
         shards = expand_shards(shard_spec)
-        target = device_for_rank(device, context)
-        glip, info = load_teacher(model, tokenizer, target)
+        target = resolve_device(device, context.local_rank)
+        teacher = load_model(model, tokenizer, target)
+        info = describe_model(model, tokenizer)
         if on_ready is not None:
             on_ready(context, target)
-        return run_pseudo_label(shards, out_dir, glip, settings, info, context, progress)
+        return run_pseudo_label(shards, out_dir, teacher, settings, info, context, progress)
     finally:
         context.close()
 
@@ -329,12 +194,13 @@ class _Job:
             except ValueError as e:
                 raise GlipkitUsageError(str(e)) from None
         self.table_settings = self._table_settings(model_info, min_size, max_size)
-        self.header = {"command": COMMAND, "settings": self.table_settings, "world_size": context.world_size}
+        header = {"command": COMMAND, "settings": self.table_settings, "world_size": context.world_size}
+        self.stats = StatsWriter(out_dir, shards, header, main=context.is_main, interval_s=settings.stats_interval_s,
+                                 summary=lambda entries: summary(entries, read_rank_runs(out_dir, context.world_size)))
         self.started = time.perf_counter()
         self.images = 0
         self.boxes = 0
         self.done = 0
-        self.last_merge = 0.0
 
     # -- setup --------------------------------------------------------------------------------------------------
 
@@ -350,7 +216,7 @@ class _Job:
             raise GlipkitUsageError("--phrases is for --prompt-mode caption (classes mode grounds a fixed vocabulary)")
         if s.batch_size is not None and s.batch_size < 1:
             raise GlipkitUsageError("--batch-size must be >= 1")
-        check_unique_outputs(self.all_shards)
+        self.outputs = dict(zip(self.all_shards, output_paths(self.out, self.all_shards, LABELS_SUFFIX)))
         if s.phrases_dir and s.prompt_mode == CAPTION:
             directory = Path(s.phrases_dir)
             if not directory.is_dir():
@@ -391,16 +257,11 @@ class _Job:
 
     def run(self) -> JobReport:
         self.out.mkdir(parents=True, exist_ok=True)
-        results: dict[str, ShardResult] = {}
-        todo = []
-        for shard in self.shards:
-            target = output_path(self.out, shard)
-            if target.exists() and not self.settings.overwrite:
-                results[shard] = ShardResult(shard, EXISTS, str(target))
-            else:
-                todo.append(shard)
+        finished, todo_indices = skip_finished(self.shards, [self.outputs[s] for s in self.shards],
+                                               self.settings.overwrite)
+        results = {self.shards[i]: result for i, result in finished.items()}
+        todo = [self.shards[i] for i in todo_indices]
         self.done = len(results)
-        _remove_stale_temporaries(self.out, todo)
         self._emit()
         if todo:
             self._label(todo, results)
@@ -412,9 +273,7 @@ class _Job:
             "images_per_s": round(self.images / seconds, 3) if seconds > 0 else None,
         })
         self.context.barrier()
-        stats = None
-        if self.context.is_main:
-            stats = merge_stats(self.out, self.all_shards, self.header, self.context.world_size)
+        stats = self.stats.merge() if self.context.is_main else None
         ordered = [results[s] for s in self.shards]
         return JobReport(ordered, seconds, self.out, self.context.rank, self.context.world_size, stats)
 
@@ -438,7 +297,7 @@ class _Job:
                 result = self._finish_shard(item, state)
                 results[item.shard] = result
                 self.done += 1
-                self._emit(result)
+                self._emit()
 
     def _label_batch(self, batch: ImageBatch, state: "_OpenShard") -> None:
         groundings = self._ground(batch)
@@ -457,8 +316,8 @@ class _Job:
 
     def _chunks(self, captions_and_spans: list[tuple[str, list]]):
         if self.class_prompts is not None:
-            return class_chunks(self.class_prompts, len(captions_and_spans))
-        return caption_chunks([c for c, _ in captions_and_spans], [s for _, s in captions_and_spans])
+            return PromptChunk.for_vocabulary(self.class_prompts, len(captions_and_spans))
+        return [PromptChunk.for_captions([c for c, _ in captions_and_spans], [s for _, s in captions_and_spans])]
 
     def _ground(self, batch: ImageBatch) -> list[Grounding | str]:
         """Groundings of a batch; when the batch fails (e.g. out of memory), each image alone; a string per
@@ -517,27 +376,23 @@ class _Job:
         state.add([record.index for record in end.unlabelled], unlabelled)
         self.images += len(end.unlabelled) + len(end.failures)
         seconds = time.perf_counter() - state.started
-        target = output_path(self.out, end.shard)
+        target = self.outputs[end.shard]
         writes = end.status in (DONE, PARTIAL)
-        status, error = end.status, end.error
-        result = ShardResult(end.shard, status, str(target) if writes else None, end.read, state.stats.written,
-                             sum(state.stats.failed_by_reason.values()), state.stats.boxes, error, round(seconds, 3))
-        entry = state.stats.entry(status, end.read, result.output, error, seconds, end.image_pixels, end.batch_pixels)
+        result = ShardResult(end.shard, end.status, str(target) if writes else None, end.read, state.stats.written,
+                             state.stats.failed, {"boxes": state.stats.boxes}, end.error, round(seconds, 3))
+        entry = state.stats.entry(end.status, end.read, result.output, end.error, seconds, end.image_pixels,
+                                  end.batch_pixels)
         try:
-            write_json_atomic(shard_stats_path(self.out, end.shard), entry)
+            self.stats.write(end.shard, entry)  # before the table: a finished table always has its entry
             if writes:
                 write_table(target, state.table(), LABELS_WITH_FLAGS_SCHEMA, COMMAND, self._settings_for(end))
         except Exception as e:  # e.g. disk full: no partial table; reported, and a re-run redoes the shard
             result.status, result.output = FAILED, None
             result.error = f"cannot write {target}: {type(e).__name__}: {e}"
             entry.update(status=FAILED, output=None, error=result.error)
-            try:
-                write_json_atomic(shard_stats_path(self.out, end.shard), entry)
-            except OSError:
-                pass
-        if self.context.is_main and time.perf_counter() - self.last_merge >= self.settings.stats_interval_s:
-            merge_stats(self.out, self.all_shards, self.header, self.context.world_size)
-            self.last_merge = time.perf_counter()
+            with contextlib.suppress(OSError):
+                self.stats.write(end.shard, entry)
+        self.stats.merge_if_due()
         return result
 
     def _settings_for(self, end: ShardEnd) -> dict[str, Any]:
@@ -551,10 +406,11 @@ class _Job:
                 pass
         return settings
 
-    def _emit(self, finished: ShardResult | None = None) -> None:
+    def _emit(self) -> None:
         if self.progress is not None:
-            self.progress(JobProgress(self.done, len(self.shards), self.images, self.boxes,
-                                      time.perf_counter() - self.started, finished))
+            self.progress(ProgressEvent(COMMAND, self.done, len(self.shards), "shards",
+                                        time.perf_counter() - self.started, {"images": self.images,
+                                                                             "boxes": self.boxes}))
 
 
 class _OpenShard:

@@ -29,6 +29,8 @@ from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS, NO_IMAGE, ImageDecodeE
 from glipkit.data.shards import CaptionError, ShardReadError, iter_samples, sample_caption, shard_stem, \
     shards_for_worker
 from glipkit.data.tables import PHRASES_SUFFIX, read_table
+from glipkit.engine.labelling.extract_phrases import extract_each, stored_caption
+from glipkit.engine.shard_job import DONE, FAILED, stopped_reading
 from glipkit.model.transforms import batch_images, resize_image
 
 CAPTION = "caption"
@@ -41,12 +43,6 @@ BAD_PHRASES = "phrase spans do not match the caption"
 EXTRACTION_FAILED = "phrase extraction failed"
 DAMAGED = "truncated or corrupt shard"
 UNEXPECTED = "unexpected error"
-
-# ShardEnd.status values
-DONE = "done"  # read to the end
-PARTIAL = "partial"  # damaged part-way; the samples before the damage are in the batches
-UNREADABLE = "unreadable"  # nothing readable (missing file, not a tar)
-FAILED = "failed"  # the shard could not be processed (e.g. its phrases table is missing)
 
 
 @dataclass
@@ -98,7 +94,7 @@ class ShardEnd:
     """Sent after the last batch of a shard: how reading it went."""
 
     shard: str
-    status: str = DONE
+    status: str = DONE  # DONE, PARTIAL, UNREADABLE, or FAILED (e.g. its phrases table is missing)
     read: int = 0  # samples met, good or bad
     failures: list[tuple[int, str, str, str]] = field(default_factory=list)  # (index, key, reason, detail)
     unlabelled: list[SampleRecord] = field(default_factory=list)  # no phrase to ground: rows without a model pass
@@ -167,10 +163,8 @@ class TeacherDataset(IterableDataset):
                     window = []
         except ShardReadError as e:
             end.error = str(e)
-            if e.key is not None:
-                end.failures.append((end.read, e.key, DAMAGED, e.reason))
-                end.read += 1
-            end.status = PARTIAL if end.read - (e.key is not None) > 0 else UNREADABLE
+            end.status, end.read = stopped_reading(
+                e, end.read, lambda index, key, detail: end.failures.append((index, key, DAMAGED, detail)))
         if window:
             yield from self._window_batches(shard, window, end)
         end.worker_seconds = time.perf_counter() - started
@@ -245,30 +239,16 @@ class TeacherDataset(IterableDataset):
         return get_extractor(extraction.extractor, extraction.options, extraction.spacy_model)
 
     def _extract(self, window, end: ShardEnd):
-        """Fill in the phrases of a window by extracting them, as extract-phrases does (same extractor, options)."""
-        from glipkit.text.phrases import lower_same_length
-
+        """Fill in the phrases of a window by extracting them as extract-phrases does (same function, extractor
+        and options); a caption the extractor fails on is a failed sample."""
         extractor = self._extractor()
-        lowercase = extractor.options.lowercase
-        captions = [w[2] for w in window]
-        batch = self.settings.extraction.batch_size
-        try:
-            found = extractor.extract(captions, batch_size=batch)
-        except Exception:  # isolate the caption that breaks the extractor
-            found = []
-            for caption in captions:
-                try:
-                    found.append(extractor.extract([caption], batch_size=1)[0])
-                except Exception as e:
-                    found.append(e)
+        found = extract_each(extractor, [w[2] for w in window], self.settings.extraction.batch_size)
         out = []
         for (index, key, caption, data, _), phrases in zip(window, found):
             if isinstance(phrases, Exception):
                 end.failures.append((index, key, EXTRACTION_FAILED, f"{type(phrases).__name__}: {phrases}"))
                 continue
-            # extract-phrases stores the lowercased caption when phrases are lowercased, so spans index it.
-            caption = lower_same_length(caption) if lowercase else caption
-            out.append((index, key, caption, data, [p.as_dict() for p in phrases]))
+            out.append((index, key, stored_caption(caption, extractor.options), data, [p.as_dict() for p in phrases]))
         return out
 
 

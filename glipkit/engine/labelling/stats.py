@@ -1,51 +1,26 @@
-"""Statistics of the pseudo-label job: one entry per shard, written by the rank that labelled it, merged by rank 0.
+"""What pseudo-label counts per shard (its `_stats.json` entry) and the summary that rank 0 adds to `_stats.json`.
 
-Each shard's entry goes to `<out>/_stats/shards/<stem>.json` (atomically) before its table is renamed into
-place, so a finished table always has its entry. Each rank writes `<out>/_stats/ranks/rank-NNNNN.json` at the
-end of its run. Only rank 0 writes `<out>/_stats.json`: the shard entries (data/tables.update_stats, which sums
-counts into `totals`) plus a `summary` with merged histograms, top phrases and throughput. No file is written by
-two processes, so nothing races, on any filesystem.
+Entries are written and merged by the shard-job skeleton (engine/shard_job.py). Besides them, each rank writes
+`<out>/_stats/ranks/rank-NNNNN.json` at the end of its run, from which the summary takes the run's throughput.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from glipkit.data.shards import shard_stem
-from glipkit.data.tables import update_stats
+from glipkit.engine.shard_job import STATS_DIR, Skips
+from glipkit.files import read_json
 
-STATS_DIR = "_stats"
-MAX_FAILED_KEYS = 100  # per shard
 TOP_PHRASES_PER_SHARD = 50
 TOP_PHRASES = 100
 SCORE_BIN = 0.05
 
 
-def shard_stats_path(out_dir: str | os.PathLike, shard: str | os.PathLike) -> Path:
-    return Path(out_dir) / STATS_DIR / "shards" / f"{shard_stem(shard)}.json"
-
-
 def rank_stats_path(out_dir: str | os.PathLike, rank: int) -> Path:
     return Path(out_dir) / STATS_DIR / "ranks" / f"rank-{rank:05d}.json"
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON under a hidden temporary name, fsync, rename: readers see the old or the new file, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=1, ensure_ascii=False, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _score_bin(score: float) -> str:
@@ -65,8 +40,7 @@ class ShardStats:
         self.phrases = 0
         self.phrases_beyond_token_limit = 0
         self.images_flagged = 0
-        self.failed_by_reason: Counter[str] = Counter()
-        self.failed_keys: list[dict[str, str]] = []
+        self.failed = Skips()
         self.flagged_by_reason: Counter[str] = Counter()
         self.boxes_per_image: Counter[int] = Counter()
         self.phrases_per_image: Counter[int] = Counter()
@@ -95,9 +69,7 @@ class ShardStats:
             self.top_phrases[row["phrases"][index]["text"].lower()] += 1
 
     def add_failure(self, key: str, reason: str, detail: str = "") -> None:
-        self.failed_by_reason[reason] += 1
-        if len(self.failed_keys) < MAX_FAILED_KEYS:
-            self.failed_keys.append({"key": key, "reason": reason, "detail": detail[:300]})
+        self.failed.add(key, reason, detail)
 
     def entry(self, status: str, read: int, output: str | None, error: str | None, seconds: float,
               image_pixels: int = 0, batch_pixels: int = 0) -> dict[str, Any]:
@@ -110,14 +82,14 @@ class ShardStats:
             "read": read,
             "written": self.written,
             "labelled": self.labelled,
-            "failed": sum(self.failed_by_reason.values()),
+            "failed": len(self.failed),
             "boxes": self.boxes,
             "phrases": self.phrases,
             "phrases_beyond_token_limit": self.phrases_beyond_token_limit,
             "images_flagged": self.images_flagged,
-            "failed_by_reason": dict(self.failed_by_reason),
+            "failed_by_reason": dict(self.failed.by_reason),
             "flagged_by_reason": dict(self.flagged_by_reason),
-            "failed_keys": self.failed_keys,
+            "failed_keys": self.failed.keys,
             "boxes_per_image_hist": {str(k): v for k, v in sorted(self.boxes_per_image.items())},
             "phrases_per_image_hist": {str(k): v for k, v in sorted(self.phrases_per_image.items())},
             "score_hist": dict(sorted(self.scores.items())),
@@ -132,19 +104,6 @@ class ShardStats:
                 "batch_pixels": batch_pixels,
             },
         }
-
-
-def read_shard_entries(out_dir: str | os.PathLike, shards: Iterable[str | os.PathLike]) -> dict[str, dict]:
-    """The per-shard entries that exist for these shards, by shard stem."""
-    entries = {}
-    for shard in shards:
-        path = shard_stats_path(out_dir, shard)
-        try:
-            with open(path, encoding="utf-8") as f:
-                entries[shard_stem(shard)] = json.load(f)
-        except (OSError, ValueError):
-            continue
-    return entries
 
 
 def _merge_hist(entries: Iterable[Mapping], name: str, numeric_keys: bool) -> dict[str, int]:
@@ -192,17 +151,7 @@ def read_rank_runs(out_dir: str | os.PathLike, world_size: int) -> list[dict]:
     runs = []
     for rank in range(world_size):
         try:
-            with open(rank_stats_path(out_dir, rank), encoding="utf-8") as f:
-                runs.append(json.load(f))
+            runs.append(read_json(rank_stats_path(out_dir, rank), "rank stats"))
         except (OSError, ValueError):
             continue
     return runs
-
-
-def merge_stats(out_dir: str | os.PathLike, shards: Iterable[str | os.PathLike], header: Mapping[str, Any],
-                world_size: int) -> dict[str, Any]:
-    """Rank 0: fold the per-shard entries of `shards` and the rank run records into `<out>/_stats.json`."""
-    shards = list(shards)
-    entries = read_shard_entries(out_dir, shards)
-    info = {**header, "summary": summary(entries, read_rank_runs(out_dir, world_size))}
-    return update_stats(out_dir, entries, info)

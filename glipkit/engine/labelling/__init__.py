@@ -1,0 +1,1 @@
+"""The labelling jobs: extract-phrases and pseudo-label, their data path, filters and statistics."""
