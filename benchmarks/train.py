@@ -35,11 +35,13 @@ def main() -> None:
     from glipkit.data.augment import TrainTransform
     from glipkit.data.collate import GroundingCollator
     from glipkit.data.coco_detection import CocoDetectionSource
-    from glipkit.data.synthetic_gold import write_coco_split, write_vocab
-    from glipkit.engine.optimization import OptimizerSettings, build_optimizer
-    from glipkit.engine.tuning import apply_tuning
+    from glipkit.demo.gold import write_coco_split
+    from glipkit.demo.vocab import write_vocab
+    from glipkit.engine.runtime import autocast, resolve_precision
+    from glipkit.engine.training.optimization import OptimizerSettings, build_optimizer
+    from glipkit.engine.training.tuning import apply_tuning
     from glipkit.model.config import preset
-    from glipkit.model.glip import GLIP, autocast_for
+    from glipkit.model.glip import GLIP
     from glipkit.model.loss import GroundingLoss
 
     work = tempfile.mkdtemp(prefix="glipkit-train-bench-")
@@ -49,6 +51,7 @@ def main() -> None:
     config.language.vocab_size = max(config.language.vocab_size, len(tokenizer))
     size = args.size or config.input.min_size
     device = torch.device(args.device)
+    precision = resolve_precision(args.precision, device)
     torch.manual_seed(0)
     model = GLIP(config, tokenizer).to(device)
     apply_tuning(model, "full")
@@ -76,7 +79,7 @@ def main() -> None:
         return batch.to(device)
 
     def step(batch) -> None:
-        with autocast_for(device, args.precision):
+        with autocast(device, precision):
             outputs = model(batch.images, batch.input_ids, batch.attention_mask)
         losses = loss_fn(outputs, model.anchors(outputs.tower_features), batch.targets, batch.attention_mask)
         optimizer.zero_grad(set_to_none=True)

@@ -24,10 +24,11 @@ from glipkit.data.mixture import SourceMixture, parse_mix
 from glipkit.data.odvg import OdvgSource
 from glipkit.data.pseudo import PseudoFilter, PseudoLabelSource
 from glipkit.data.shards import write_shard
-from glipkit.data.synthetic import CATEGORIES, make_samples
-from glipkit.data.synthetic_gold import write_coco_split, write_vocab
 from glipkit.data.tables import LABELS_SCHEMA, write_table
 from glipkit.data.training_stream import TrainingBatches
+from glipkit.demo.gold import write_coco_split
+from glipkit.demo.samples import CATEGORIES, make_samples
+from glipkit.demo.vocab import write_vocab
 from glipkit.model.config import glip_tiny_test
 
 COCO_NAMES = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",

@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from glipkit.data.synthetic_gold import write_coco_split, write_vocab
-from glipkit.engine.trainer import TrainConfig, TrainingDiverged, TrainingInterrupted, train
-from glipkit.engine.training_data import DataOptions
-from glipkit.engine.tuning import LINEAR_PROBE_PREFIXES, set_train_mode
+from glipkit.demo.gold import write_coco_split
+from glipkit.demo.vocab import write_vocab
+from glipkit.engine.training.config import DataOptions, TrainConfig
+from glipkit.engine.training.trainer import TrainingDiverged, TrainingInterrupted, train
+from glipkit.engine.training.tuning import LINEAR_PROBE_PREFIXES, set_train_mode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,8 +86,8 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, small_s
     options = dict(ema_decay=0.9, accumulate=2, workers=1)
     full = train(_config(tmp_path / "full", small_set, vocab, **options))
 
-    def interrupt(record):
-        if record.get("event") == "step" and record["step"] == 3:
+    def interrupt(event):
+        if event.done == 3 and not event.message:
             raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted, match="interrupted at step 3"):
@@ -170,7 +171,7 @@ def test_two_process_ddp_follows_the_single_process_loss_curve(tmp_path, small_s
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_set, vocab, monkeypatch):
-    import glipkit.engine.trainer as trainer_module
+    import glipkit.engine.training.trainer as trainer_module
     from glipkit.model.loss import GroundingLoss
 
     class NanAtThirdStep(GroundingLoss):
@@ -208,7 +209,7 @@ def test_bad_images_and_boxes_are_skipped_and_counted(tmp_path, vocab):
 
 def test_optimizer_groups_and_schedule_follow_glip():
     """§8.6: language backbone at --lang-lr, any "bias" name at 2x LR without weight decay; warmup then decay."""
-    from glipkit.engine.optimization import OptimizerSettings, ScheduleSettings, lr_factor, parameter_groups
+    from glipkit.engine.training.optimization import OptimizerSettings, ScheduleSettings, lr_factor, parameter_groups
     from glipkit.model.config import glip_tiny_test
     from glipkit.model.glip import GLIP
 
@@ -236,7 +237,7 @@ def test_optimizer_groups_and_schedule_follow_glip():
 
 def test_fusion_checkpointing_gives_the_same_gradients(vocab):
     """Activation checkpointing of the X-MHA fusion (cfg.head.use_checkpoint) recomputes, it does not change numbers."""
-    from glipkit.engine.trainer import enable_fusion_checkpointing
+    from glipkit.engine.training.tuning import enable_fusion_checkpointing
     from glipkit.model.config import glip_tiny_test
     from glipkit.model.glip import GLIP
     from glipkit.model.hub import load_tokenizer

@@ -10,36 +10,20 @@ from typing import List, Optional
 import typer
 
 from glipkit.cli.app import app
-from glipkit.cli.common import fail
+from glipkit.cli.common import (DeviceOption, MaxImagePixelsOption, ModelOption, PrecisionOption, ProgressDisplay,
+                                ProgressOption, TokenizerOption, fail, user_errors)
+from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS
 
 
-class Tune(str, Enum):
-    full = "full"
-    prompt = "prompt"
-    linear = "linear"
+def _choices(name: str, *values: str) -> type[Enum]:
+    """A str Enum whose members are `values` (Typer shows them as the option's choices)."""
+    return Enum(name, {value: value for value in values}, type=str)
 
 
-class Schedule(str, Enum):
-    step = "step"
-    cosine = "cosine"
-    constant = "constant"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class BoxPolicy(str, Enum):
-    clip = "clip"
-    skip = "skip"
-
-
-class PseudoPrompt(str, Enum):
-    auto = "auto"
-    caption = "caption"
-    classes = "classes"
+Tune = _choices("Tune", "full", "prompt", "linear")
+Schedule = _choices("Schedule", "step", "cosine", "constant")
+BoxPolicy = _choices("BoxPolicy", "clip", "skip")
+PseudoPrompt = _choices("PseudoPrompt", "auto", "caption", "classes")
 
 
 def _sizes(value: Optional[str], flag: str) -> Optional[tuple[int, ...]]:
@@ -67,13 +51,8 @@ def _options(values: List[str]) -> dict[str, str]:
 @app.command("train-student")
 def train_student_command(
     out: Path = typer.Option(..., "--out", help="Run directory: checkpoints/, model.safetensors, metrics.jsonl."),
-    model: str = typer.Option(
-        "glip-t", "--model",
-        help="Start from glip-t, glip-t-a, glip-t-c, glip-l (official weights), a .pth/.safetensors checkpoint, or "
-        "train from scratch: preset:NAME (glip-small and glip-tiny-test train on a CPU).",
-    ),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", metavar="DIR",
-                                            help="Tokenizer directory (default: bert-base-uncased from the Hub)."),
+    model: ModelOption = "glip-t",
+    tokenizer: TokenizerOption = None,
     model_option: List[str] = typer.Option(
         [], "--model-option", metavar="SECTION.FIELD=VALUE",
         help="Change the model config, e.g. input.train_min_sizes=[96,128] or language.vocab_size=200 (presets: "
@@ -105,7 +84,7 @@ def train_student_command(
         help="NMS IoU across phrases: one label per object, the teacher's best (GLIP's NMS is per phrase).",
     ),
     pseudo_prompt: PseudoPrompt = typer.Option(
-        PseudoPrompt.auto, "--pseudo-prompt",
+        PseudoPrompt("auto"), "--pseudo-prompt",
         help="caption: the row's caption grounds its phrases; classes: GLIP's detection prompt from the phrase "
         "texts with sampled negatives; auto: caption when the phrases are spans of the caption.",
     ),
@@ -113,7 +92,7 @@ def train_student_command(
                                       help="Sampling ratio of the sources, e.g. gold=1,pseudo=3 (default equal)."),
     shots: Optional[int] = typer.Option(None, "--shots", min=1, help="Few-shot: about K gold images per class."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, sampling, augmentation and few-shot."),
-    tune: Tune = typer.Option(Tune.full, "--tune", help="full, prompt (GLIP prompt tuning) or linear (probing)."),
+    tune: Tune = typer.Option(Tune("full"), "--tune", help="full, prompt (GLIP prompt tuning) or linear (probing)."),
     freeze_backbone_at: int = typer.Option(-1, "--freeze-backbone-at",
                                            help="Freeze Swin up to this GLIP stage (-1: none; ODinW full uses 2)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps."),
@@ -123,13 +102,12 @@ def train_student_command(
     lr: float = typer.Option(1e-4, "--lr", help="Base learning rate (GLIP: 1e-4 pretraining, 1e-5 COCO fine-tune)."),
     lang_lr: float = typer.Option(1e-5, "--lang-lr", help="Learning rate of the BERT language backbone."),
     weight_decay: float = typer.Option(1e-4, "--weight-decay", min=0.0, help="AdamW weight decay (not on biases)."),
-    schedule: Schedule = typer.Option(Schedule.step, "--schedule", help="After warmup: step (x0.1 at 67%/89%), "
+    schedule: Schedule = typer.Option(Schedule("step"), "--schedule", help="After warmup: step (x0.1 at 67%/89%), "
                                       "cosine, or constant."),
     warmup: Optional[int] = typer.Option(None, "--warmup", min=0, show_default="min(2000, steps/10)",
                                          help="Linear warmup steps from 0.001 x LR."),
     clip_grad: float = typer.Option(1.0, "--clip-grad", min=0.0, help="Gradient L2-norm clip (0: off)."),
-    precision: Precision = typer.Option(Precision.fp32, "--precision", help="Autocast precision (fp16 uses a "
-                                        "gradient scaler)."),
+    precision: PrecisionOption = "fp32",
     ema: float = typer.Option(0.0, "--ema", min=0.0, max=0.99999, help="EMA decay of the weights (0: off; "
                               "GLIP-T used 0.999). Checkpoints and evaluation then use the averaged weights."),
     checkpoint_fusion: bool = typer.Option(False, "--checkpoint-fusion",
@@ -140,10 +118,11 @@ def train_student_command(
     max_size: Optional[int] = typer.Option(None, "--max-size", min=32, show_default="the model's input.max_size",
                                            help="Longest side when training."),
     flip_prob: float = typer.Option(0.5, "--flip-prob", min=0.0, max=1.0, help="Horizontal flip probability."),
-    box_policy: BoxPolicy = typer.Option(BoxPolicy.clip, "--bad-boxes",
+    box_policy: BoxPolicy = typer.Option(BoxPolicy("clip"), "--bad-boxes",
                                          help="Boxes outside their image: clip them, or skip them (counted)."),
+    max_image_pixels: MaxImagePixelsOption = DEFAULT_MAX_IMAGE_PIXELS,
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes per process."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1."),
+    device: DeviceOption = "auto",
     log_every: int = typer.Option(10, "--log-every", min=1, help="Steps between metrics.jsonl lines."),
     save_every: int = typer.Option(500, "--save-every", min=0, help="Steps between checkpoints (0: only the end)."),
     keep: int = typer.Option(2, "--keep", min=0, help="Checkpoints kept (0: all)."),
@@ -155,7 +134,7 @@ def train_student_command(
     val_images: Optional[Path] = typer.Option(None, "--val-images", help="Image directory of --val."),
     eval_every: int = typer.Option(0, "--eval-every", min=0, help="Steps between evaluations (0: at the end)."),
     val_max_images: Optional[int] = typer.Option(None, "--val-max-images", min=1, help="Evaluate on the first N."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress display on stderr (rank 0)."),
+    progress: ProgressOption = True,
 ) -> None:
     """Train a GLIP student on gold and pseudo-labelled data.
 
@@ -165,102 +144,48 @@ def train_student_command(
 
     Exit code 1 when the loss diverges (the last good checkpoint is kept), 2 for errors you can fix.
     """
-    from glipkit.cli.common import user_errors
-    from glipkit.engine.training_data import DataOptions
+    from glipkit.engine.training.config import DataOptions, TrainConfig
+    from glipkit.engine.training.trainer import TrainingDiverged, TrainingInterrupted, train
 
     if steps is None and epochs is None:
         fail("give --steps or --epochs")
     data = DataOptions(
-        gold=str(gold) if gold else None, gold_images=str(gold_images) if gold_images else None,
-        grounding=str(grounding) if grounding else None,
-        grounding_images=str(grounding_images) if grounding_images else None,
-        odvg=str(odvg) if odvg else None, odvg_images=str(odvg_images) if odvg_images else None,
-        odvg_label_map=str(odvg_label_map) if odvg_label_map else None,
-        pseudo=str(pseudo) if pseudo else None, pseudo_shards=pseudo_shards, pseudo_min_score=pseudo_min_score,
-        pseudo_min_boxes=pseudo_min_boxes, pseudo_nms=pseudo_nms, pseudo_max_boxes=pseudo_max_boxes,
-        pseudo_agnostic_nms=pseudo_agnostic_nms, pseudo_prompt=pseudo_prompt.value, mix=mix, shots=shots,
-        box_policy=box_policy.value,
-        train_min_sizes=_sizes(train_sizes, "--train-sizes"), max_size=max_size, flip_prob=flip_prob,
+        gold=_text(gold), gold_images=_text(gold_images), grounding=_text(grounding),
+        grounding_images=_text(grounding_images), odvg=_text(odvg), odvg_images=_text(odvg_images),
+        odvg_label_map=_text(odvg_label_map), pseudo=_text(pseudo), pseudo_shards=pseudo_shards,
+        pseudo_min_score=pseudo_min_score, pseudo_min_boxes=pseudo_min_boxes, pseudo_nms=pseudo_nms,
+        pseudo_max_boxes=pseudo_max_boxes, pseudo_agnostic_nms=pseudo_agnostic_nms, pseudo_prompt=pseudo_prompt.value,
+        mix=mix, shots=shots, box_policy=box_policy.value, train_min_sizes=_sizes(train_sizes, "--train-sizes"),
+        max_size=max_size, flip_prob=flip_prob, max_image_pixels=max_image_pixels,
     )
-    from glipkit.engine.trainer import TrainConfig
-
     config = TrainConfig(
         out=str(out), model=model, tokenizer=tokenizer, model_options=_options(model_option), data=data,
         tune=tune.value, freeze_backbone_at=freeze_backbone_at, steps=steps, epochs=epochs, batch_size=batch_size,
         accumulate=accumulate, lr=lr, lang_lr=lang_lr, weight_decay=weight_decay, schedule=schedule.value,
-        warmup_steps=warmup, clip_grad=clip_grad, precision=precision.value, ema_decay=ema,
+        warmup_steps=warmup, clip_grad=clip_grad, precision=precision, ema_decay=ema,
         checkpoint_fusion=checkpoint_fusion, seed=seed, device=device, workers=workers, log_every=log_every,
-        save_every=save_every, keep_checkpoints=keep, resume=resume, val=str(val) if val else None,
-        val_images=str(val_images) if val_images else None, eval_every=eval_every, val_max_images=val_max_images,
+        save_every=save_every, keep_checkpoints=keep, resume=resume, val=_text(val), val_images=_text(val_images),
+        eval_every=eval_every, val_max_images=val_max_images,
     )
-    from glipkit.engine.trainer import TrainingDiverged, TrainingInterrupted, train
-
-    display = _TrainDisplay(enabled=progress and int(os.environ.get("RANK", "0")) == 0)
-    try:
-        with user_errors():
-            with display:
+    with ProgressDisplay(enabled=progress and int(os.environ.get("RANK", "0")) == 0) as display:
+        with user_errors(display):
+            try:
                 result = train(config, progress=display.update)
-    except TrainingDiverged as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1)
-    except TrainingInterrupted as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(130)
-    display.summary(result)
+            except TrainingDiverged as error:
+                display.stop()
+                typer.echo(f"error: {error}", err=True)
+                raise typer.Exit(1) from None
+            except TrainingInterrupted as error:
+                display.stop()
+                typer.echo(str(error), err=True)
+                raise typer.Exit(130) from None
+    typer.echo(f"weights: {result.weights}", err=True)
+    if result.eval_metrics:
+        typer.echo(f"AP {result.eval_metrics['AP']:.4f}  AP50 {result.eval_metrics['AP50']:.4f}", err=True)
+    skipped = {k: v for k, v in result.events.items() if k.startswith("skipped")}
+    if skipped:
+        typer.echo(f"skipped samples: {skipped}", err=True)
 
 
-class _TrainDisplay:
-    """A rich progress bar (step, loss terms, lr, images/s, ETA) and one line per checkpoint and evaluation."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.progress = None
-        self.task = None
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-
-    def __enter__(self) -> "_TrainDisplay":
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console)
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def update(self, record: dict) -> None:
-        event = record.get("event")
-        if event == "start" and self.progress is not None:
-            self.task = self.progress.add_task("train", total=record["steps"], completed=record["start_step"],
-                                               info="")
-            sources = ", ".join(f"{k} {v}" for k, v in record["sources"].items())
-            self.console.log(f"sources: {sources}; {record['trainable_parameters']} trainable tensors; "
-                             f"{record['world_size']} process(es)")
-        elif event == "step" and self.progress is not None and self.task is not None:
-            terms = " ".join(f"{k.replace('loss_', '').replace('dot_product_', '')}={record[k]:.3f}"
-                             for k in sorted(record) if k.startswith("loss"))
-            info = f"{terms} lr={record['lr']:.2e} {record['images_per_s']:.1f} img/s"
-            if record.get("skipped"):
-                info += f" skipped={record['skipped']}"
-            self.progress.update(self.task, completed=record["step"], info=info)
-        elif event == "checkpoint" and self.enabled:
-            self.console.log(f"checkpoint {record['path']}")
-        elif event == "resume" and self.enabled:
-            self.console.log(f"resumed from {record['checkpoint']} at step {record['step']}")
-        elif event == "eval" and self.enabled:
-            metrics = record["metrics"]
-            self.console.log(f"step {record['step']}: AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}  "
-                             f"AP75 {metrics['AP75']:.3f}")
-
-    def summary(self, result) -> None:
-        self.console.print(f"weights: {result.weights}")
-        if result.eval_metrics:
-            self.console.print(f"AP {result.eval_metrics['AP']:.4f}  AP50 {result.eval_metrics['AP50']:.4f}")
-        skipped = {k: v for k, v in result.events.items() if k.startswith("skipped")}
-        if skipped:
-            self.console.print(f"skipped samples: {skipped}")
+def _text(path: Optional[Path]) -> Optional[str]:
+    return str(path) if path else None

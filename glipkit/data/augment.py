@@ -10,8 +10,9 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from glipkit.data.grounding_example import GroundingExample, Span
+from glipkit.data.grounding_example import GroundingExample
 from glipkit.model.config import InputConfig
+from glipkit.model.prompts import Span
 from glipkit.model.transforms import normalize_image, resized_size
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -10,10 +9,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 
-from glipkit.data.detection_prompt import DetectionPromptBuilder, DetectionPromptConfig
-from glipkit.data.grounding_example import GroundingExample, clean_boxes, open_image, xywh_to_xyxy
-from glipkit.data.source import IndexedSource
+from glipkit.data.detection_prompt import DetectionPromptBuilder, DetectionPromptConfig, prompted_example
+from glipkit.data.grounding_example import GroundingExample, xywh_to_xyxy
+from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from glipkit.data.source import ImageRecordSource
+from glipkit.files import read_json
 
 
 @dataclass
@@ -26,22 +28,10 @@ class CocoImage:
     category_ids: list[int]
 
 
-def read_json_file(path: str | os.PathLike, what: str) -> Any:
-    """Parse a json file; FileNotFoundError / ValueError naming the file on failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        with path.open("r", encoding="utf-8") as handle:
-            return json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{what} {path} is not valid JSON: {error}") from None
-
-
 def read_coco_detection(path: str | os.PathLike) -> tuple[dict[int, str], list[CocoImage]]:
     """Categories {id: name} and the images of a COCO detection json, in file order; crowd boxes are left out
     (GLIP's COCO training drops iscrowd annotations)."""
-    data = read_json_file(path, "COCO annotation file")
+    data = read_json(path, "COCO annotation file")
     if not isinstance(data, dict) or "images" not in data or "categories" not in data:
         raise ValueError(f"{path}: not a COCO detection file (needs 'images' and 'categories')")
     categories = {}
@@ -69,7 +59,7 @@ def read_coco_detection(path: str | os.PathLike) -> tuple[dict[int, str], list[C
     return categories, images
 
 
-class CocoDetectionSource(IndexedSource):
+class CocoDetectionSource(ImageRecordSource):
     """Detection gold: every image gets GLIP's training prompt (its classes + sampled negatives, §4.5).
 
     `image_ids` restricts the set (few-shot); images without boxes are left out unless `keep_empty` (GLIP's
@@ -88,13 +78,10 @@ class CocoDetectionSource(IndexedSource):
         image_ids: Sequence[Any] | None = None,
         keep_empty: bool = False,
         shuffle: bool = True,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        self.name = name
-        self.shuffle = shuffle
+        super().__init__(name, image_dir, box_policy=box_policy, shuffle=shuffle, max_image_pixels=max_image_pixels)
         self.annotations = Path(annotations)
-        self.image_dir = Path(image_dir)
-        if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"image directory not found: {self.image_dir}")
         self.categories, images = read_coco_detection(annotations)
         if image_ids is not None:
             wanted = set(image_ids)
@@ -103,28 +90,9 @@ class CocoDetectionSource(IndexedSource):
         self.images = images if keep_empty else [im for im in images if len(im.boxes)]
         if not self.images:
             raise ValueError(f"{annotations}: no image with annotations to train on")
-        self.box_policy = box_policy
         self.prompts = DetectionPromptBuilder(self.categories, tokenizer, prompt_cfg)
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int, rng: random.Random) -> GroundingExample:
-        record = self.images[index]
-        key = str(record.image_id)
-        image = open_image(self.image_dir / record.file_name, key)
-        boxes, kept, events = clean_boxes(record.boxes, image.width, image.height, self.box_policy)
-        category_ids = [record.category_ids[i] for i in kept]
-        prompt = self.prompts(category_ids, rng)
-        fits = [i for i, c in enumerate(category_ids) if c in prompt.spans]
-        if len(fits) < len(category_ids):
-            events["class did not fit in the prompt"] = len(category_ids) - len(fits)
-        return GroundingExample(
-            key=key,
-            image=image,
-            prompt=prompt.text,
-            boxes=boxes[fits],
-            box_spans=[[prompt.spans[category_ids[i]]] for i in fits],
-            source=self.name,
-            box_events=events,
-        )
+    def example(self, record: CocoImage, key: str, image: Image.Image, boxes: np.ndarray, kept: np.ndarray,
+                events: dict[str, int], rng: random.Random) -> GroundingExample:
+        return prompted_example(key, image, boxes, [record.category_ids[i] for i in kept], self.prompts, rng,
+                                self.name, events)

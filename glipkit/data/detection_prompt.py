@@ -6,8 +6,11 @@ import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from glipkit.data.grounding_example import Span
-from glipkit.model.prompts import build_detection_prompt, clean_name
+import numpy as np
+from PIL import Image
+
+from glipkit.data.grounding_example import GroundingExample
+from glipkit.model.prompts import Span, build_detection_prompt, clean_name
 
 
 @dataclass
@@ -46,6 +49,19 @@ class DetectionPromptBuilder:
             self._costs[class_id] = len(self.tokenizer.tokenize(self.class_names[class_id] + self.cfg.separator))
         return self._costs[class_id]
 
+    def _fitting(self, class_ids: Sequence[int], used: int, stop_at_first_misfit: bool) -> tuple[list[int], int]:
+        """The classes, in order, that fit in the token budget after `used` tokens, and the tokens then used."""
+        fitting = []
+        for class_id in class_ids:
+            cost = self._cost(class_id)
+            if used + cost > self.cfg.max_tokens:
+                if stop_at_first_misfit:
+                    break
+                continue
+            fitting.append(class_id)
+            used += cost
+        return fitting, used
+
     def __call__(self, positive_ids: Sequence[int], rng: random.Random) -> DetectionPrompt:
         cfg = self.cfg
         positives = sorted({int(c) for c in positive_ids})
@@ -55,13 +71,7 @@ class DetectionPromptBuilder:
         if cfg.shuffle:
             rng.shuffle(positives)
         # check_for_positive_overflow: positives in random order while they fit; the rest are dropped (§4.5).
-        kept, used = [], 0
-        for class_id in positives:
-            cost = self._cost(class_id)
-            if used + cost > cfg.max_tokens:
-                break
-            kept.append(class_id)
-            used += cost
+        kept, used = self._fitting(positives, 0, stop_at_first_misfit=True)
         dropped = [c for c in positives if c not in kept]
 
         candidates = [c for c in self.order if c not in positives]
@@ -75,13 +85,7 @@ class DetectionPromptBuilder:
         else:
             negatives = candidates[: cfg.max_negatives]
         # The negative pre-screen: only negatives that still fit in the token budget.
-        screened = []
-        for class_id in negatives:
-            cost = self._cost(class_id)
-            if used + cost > cfg.max_tokens:
-                continue
-            screened.append(class_id)
-            used += cost
+        screened, used = self._fitting(negatives, used, stop_at_first_misfit=False)
 
         ids = kept + screened
         if cfg.shuffle:
@@ -91,3 +95,16 @@ class DetectionPromptBuilder:
         text, spans = build_detection_prompt([self.class_names[c] for c in ids], separator=cfg.separator,
                                              clean=False)
         return DetectionPrompt(text, dict(zip(ids, spans)), dropped)
+
+
+def prompted_example(key: str, image: Image.Image, boxes: np.ndarray, class_ids: Sequence[int],
+                     prompts: DetectionPromptBuilder, rng: random.Random, source: str,
+                     box_events: dict[str, int]) -> GroundingExample:
+    """A detection example: GLIP's training prompt for the boxes' classes (§4.5); boxes whose class did not fit
+    in the prompt are left out and counted in `box_events`."""
+    prompt = prompts(class_ids, rng)
+    fits = [i for i, c in enumerate(class_ids) if c in prompt.spans]
+    if len(fits) < len(class_ids):
+        box_events["class did not fit in the prompt"] = len(class_ids) - len(fits)
+    return GroundingExample(key, image, prompt.text, boxes[fits], [[prompt.spans[class_ids[i]]] for i in fits],
+                            source, box_events)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-Span = tuple[int, int]
+from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, decode_image
+from glipkit.model.prompts import Span
+UNDECODABLE = "undecodable image"  # the BadSample reason of every image decoding failure
 
 
 class BadSample(Exception):
@@ -39,24 +40,23 @@ class GroundingExample:
     box_events: dict[str, int] = field(default_factory=dict)
 
 
-def decode_image(data: bytes, key: str = "") -> Image.Image:
-    """Decode image bytes to an RGB PIL image; BadSample("undecodable image") when PIL cannot read them."""
+def decode_example_image(data: bytes, key: str = "", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode image bytes with data/images.decode_image, the decoder pseudo-label uses (16-bit scaling, pixel limit);
+    its failures become BadSample("undecodable image") with the decoder's reason as detail."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image.convert("RGB")
-    except Exception as error:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        raise BadSample("undecodable image", key, f"{type(error).__name__}: {error}") from None
+        return decode_image(data, max_pixels)
+    except ImageDecodeError as error:
+        raise BadSample(UNDECODABLE, key, str(error)) from None
 
 
-def open_image(path, key: str = "") -> Image.Image:
-    """Read and decode an image file; BadSample when it is missing or undecodable."""
+def open_image(path, key: str = "", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Read an image file and decode it with `decode_example_image`; BadSample when it is missing or undecodable."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as error:
         raise BadSample("unreadable image file", key, f"{path}: {error.strerror or error}") from None
-    return decode_image(data, key)
+    return decode_example_image(data, key, max_pixels)
 
 
 def clean_boxes(

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from glipkit.data.coco_detection import read_json_file
-from glipkit.data.grounding_example import GroundingExample, Span, clean_boxes, open_image, xywh_to_xyxy
-from glipkit.data.source import IndexedSource
+from glipkit.data.grounding_example import GroundingExample, xywh_to_xyxy
+from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from glipkit.data.source import ImageRecordSource
+from glipkit.files import read_json
+from glipkit.model.prompts import Span
 
 
 @dataclass
@@ -40,7 +42,7 @@ def _spans(value: Any, caption: str, where: str) -> list[Span]:
 
 def read_mdetr_grounding(path: str | os.PathLike) -> tuple[list[CaptionedImage], int]:
     """The captioned images of an MDETR-style json and how many boxes had no `tokens_positive` (left out)."""
-    data = read_json_file(path, "grounding annotation file")
+    data = read_json(path, "grounding annotation file")
     if not isinstance(data, dict) or "images" not in data:
         raise ValueError(f"{path}: not a COCO-style grounding file (needs 'images')")
     per_image: dict[Any, list[dict]] = {}
@@ -69,7 +71,7 @@ def read_mdetr_grounding(path: str | os.PathLike) -> tuple[list[CaptionedImage],
     return images, without_spans
 
 
-class MdetrGroundingSource(IndexedSource):
+class MdetrGroundingSource(ImageRecordSource):
     """Grounding gold (GoldG, Flickr30K entities, RefCOCO in MDETR's format): the caption is the prompt (§4.5)."""
 
     def __init__(
@@ -81,25 +83,15 @@ class MdetrGroundingSource(IndexedSource):
         box_policy: str = "clip",
         keep_empty: bool = False,
         shuffle: bool = True,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        self.name = name
-        self.shuffle = shuffle
-        self.image_dir = Path(image_dir)
-        if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"image directory not found: {self.image_dir}")
+        super().__init__(name, image_dir, box_policy=box_policy, shuffle=shuffle, max_image_pixels=max_image_pixels)
         images, self.boxes_without_spans = read_mdetr_grounding(annotations)
         self.images = images if keep_empty else [im for im in images if len(im.boxes)]
         if not self.images:
             raise ValueError(f"{annotations}: no captioned image with grounded boxes")
-        self.box_policy = box_policy
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int, rng: random.Random) -> GroundingExample:
-        record = self.images[index]
-        key = str(record.image_id)
-        image = open_image(self.image_dir / record.file_name, key)
-        boxes, kept, events = clean_boxes(record.boxes, image.width, image.height, self.box_policy)
+    def example(self, record: CaptionedImage, key: str, image: Image.Image, boxes: np.ndarray, kept: np.ndarray,
+                events: dict[str, int], rng: random.Random) -> GroundingExample:
         return GroundingExample(key, image, record.caption, boxes, [record.box_spans[i] for i in kept],
                                 self.name, events)

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from glipkit.data.coco_detection import read_json_file
-from glipkit.data.detection_prompt import DetectionPromptBuilder, DetectionPromptConfig
-from glipkit.data.grounding_example import BadSample, GroundingExample, Span, clean_boxes, open_image
+from glipkit.data.detection_prompt import DetectionPromptBuilder, DetectionPromptConfig, prompted_example
+from glipkit.data.grounding_example import BadSample, GroundingExample
+from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from glipkit.data.source import IndexedSource
+from glipkit.files import read_json
+from glipkit.model.prompts import Span
 
 
 def odvg_box(bbox: Any) -> list[float]:
@@ -43,15 +45,12 @@ class OdvgSource(IndexedSource):
         prompt_cfg: DetectionPromptConfig | None = None,
         box_policy: str = "clip",
         shuffle: bool = True,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        self.name = name
-        self.shuffle = shuffle
         self.path = Path(path)
-        self.image_dir = Path(image_dir)
         if not self.path.is_file():
             raise FileNotFoundError(f"ODVG file not found: {self.path}")
-        if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"image directory not found: {self.image_dir}")
+        super().__init__(name, image_dir, box_policy=box_policy, shuffle=shuffle, max_image_pixels=max_image_pixels)
         self.offsets: list[int] = []
         categories: dict[int, str] = {}
         with self.path.open("rb") as handle:
@@ -68,11 +67,10 @@ class OdvgSource(IndexedSource):
         if not self.offsets:
             raise ValueError(f"{self.path}: no records")
         if label_map is not None:
-            mapping = label_map if isinstance(label_map, dict) else read_json_file(label_map, "ODVG label map")
+            mapping = label_map if isinstance(label_map, dict) else read_json(label_map, "ODVG label map")
             categories = {int(k): str(v) for k, v in mapping.items()}
         self.categories = categories
         self.prompts = DetectionPromptBuilder(categories, tokenizer, prompt_cfg) if categories else None
-        self.box_policy = box_policy
 
     def _parse(self, line: bytes, number: int) -> dict:
         try:
@@ -107,8 +105,7 @@ class OdvgSource(IndexedSource):
             caption, spans = "", []
         else:
             raise BadSample("record is neither OD nor VG", key)
-        image = open_image(self.image_dir / record["filename"], key)
-        boxes, kept, events = clean_boxes(boxes, image.width, image.height, self.box_policy)
+        image, boxes, kept, events = self.image_and_boxes(record["filename"], key, boxes)
         if category_ids is None:
             return GroundingExample(key, image, caption, boxes, [spans[i] for i in kept], self.name, events)
         if self.prompts is None:
@@ -117,12 +114,7 @@ class OdvgSource(IndexedSource):
         unknown = [c for c in category_ids if c not in self.categories]
         if unknown:
             raise BadSample("label not in the label map", key, str(sorted(set(unknown))))
-        prompt = self.prompts(category_ids, rng)
-        fits = [i for i, c in enumerate(category_ids) if c in prompt.spans]
-        if len(fits) < len(category_ids):
-            events["class did not fit in the prompt"] = len(category_ids) - len(fits)
-        return GroundingExample(key, image, prompt.text, boxes[fits],
-                                [[prompt.spans[category_ids[i]]] for i in fits], self.name, events)
+        return prompted_example(key, image, boxes, category_ids, self.prompts, rng, self.name, events)
 
     def _grounding(self, grounding: dict, key: str) -> tuple[str, np.ndarray, list[list[Span]]]:
         caption = str(grounding.get("caption", ""))

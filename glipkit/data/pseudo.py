@@ -1,9 +1,11 @@
 """Pseudo-labelled data: `pseudo-label` Parquet tables joined by key with the shards they label, streamed.
 
-Filters run at load time on the table alone (`min_score` per box, optional per-phrase NMS, `max_boxes`,
-`min_boxes` per image), so the kept images per shard are known before any image is read. Images are read
-shard by shard, in file order, and shuffled inside chunks of `shuffle_chunk` kept samples; shard order is
-shuffled per epoch. Position p of the source is the same sample in every process and after a resume.
+Filters run at load time on the table alone (`min_score` per box: pseudo-label's box threshold, `top_boxes`;
+optional per-phrase NMS, `max_boxes`, `min_boxes` per image), so the kept images per shard are known before any
+image is read. Images are decoded by data/images.decode_image with pseudo-label's pixel limit, so the student
+sees the pixels its teacher labelled. Images are read shard by shard, in file order, and shuffled inside chunks
+of `shuffle_chunk` kept samples; shard order is shuffled per epoch. Position p of the source is the same sample
+in every process and after a resume.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from glipkit.data.detection_prompt import DetectionPromptBuilder, DetectionPromptConfig
-from glipkit.data.grounding_example import BadSample, GroundingExample, Span, clean_boxes, decode_image
+from glipkit.data.detection_prompt import DetectionPromptBuilder, DetectionPromptConfig, prompted_example
+from glipkit.data.grounding_example import BadSample, GroundingExample, clean_boxes, decode_example_image
+from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS, find_image_member
 from glipkit.data.shards import ShardReadError, expand_shards, iter_samples, shard_stem
-from glipkit.data.tables import LABELS_SUFFIX, PHRASES_SUFFIX, iter_rows
+from glipkit.data.tables import LABELS_SUFFIX, PHRASES_SUFFIX, iter_rows, top_boxes
 from glipkit.model.boxes import batched_nms
+from glipkit.model.prompts import Span
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 _COLUMNS = ["key", "caption", "phrases", "shard", "width", "height", "boxes"]
 
 
@@ -66,23 +69,24 @@ class PseudoShard:
 
 
 def filter_row(row: dict, flt: PseudoFilter) -> PseudoAnnotation | None:
-    """Apply the filters to one table row; None when the image keeps fewer than `min_boxes` boxes."""
+    """Apply the filters to one table row; None when the image keeps fewer than `min_boxes` boxes. Kept boxes stay
+    in table order."""
     phrases = [(str(p["text"]), int(p["start"]), int(p["end"])) for p in row.get("phrases") or []]
-    raw = [b for b in row.get("boxes") or [] if b["score"] >= flt.min_score and 0 <= b["phrase"] < len(phrases)]
+    raw = [b for b in row.get("boxes") or [] if 0 <= b["phrase"] < len(phrases)]
     boxes = np.array([[b["x0"], b["y0"], b["x1"], b["y1"]] for b in raw], np.float32).reshape(-1, 4)
     scores = np.array([b["score"] for b in raw], np.float32)
     labels = np.array([b["phrase"] for b in raw], np.int64)
-    if flt.nms_iou is not None and len(raw) > 1:
-        keep = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels),
-                           flt.nms_iou).numpy()
+    keep = np.sort(top_boxes(scores, flt.min_score))  # pseudo-label's box threshold, the same function
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    for iou, per_phrase in ((flt.nms_iou, True), (flt.agnostic_nms_iou, False)):
+        if iou is not None and len(scores) > 1:
+            groups = labels if per_phrase else np.zeros_like(labels)
+            keep = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(groups),
+                               iou).numpy()
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if flt.max_boxes is not None:
+        keep = np.sort(top_boxes(scores, float("-inf"), flt.max_boxes))
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    if flt.agnostic_nms_iou is not None and len(scores) > 1:
-        same_class = torch.zeros(len(scores), dtype=torch.int64)
-        keep = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), same_class, flt.agnostic_nms_iou).numpy()
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    if flt.max_boxes is not None and len(scores) > flt.max_boxes:
-        top = np.sort(np.argsort(-scores, kind="stable")[: flt.max_boxes])
-        boxes, scores, labels = boxes[top], scores[top], labels[top]
     if len(scores) < flt.min_boxes:
         return None
     return PseudoAnnotation(str(row["key"]), str(row.get("caption") or ""), phrases, int(row.get("width") or 0),
@@ -136,6 +140,7 @@ class PseudoLabelSource:
         box_policy: str = "clip",
         shuffle_chunk: int = 1000,
         shuffle: bool = True,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         if prompt not in ("auto", "caption", "classes"):
             raise ValueError(f"pseudo prompt must be auto, caption or classes, not {prompt!r}")
@@ -144,6 +149,7 @@ class PseudoLabelSource:
         self.box_policy = box_policy
         self.shuffle_chunk = max(1, int(shuffle_chunk))
         self.shuffle = shuffle
+        self.max_image_pixels = max_image_pixels
         tables = label_tables(labels)
         by_stem = {shard_stem(p): p for p in expand_shards(shards)} if shards is not None else None
 
@@ -244,8 +250,8 @@ class PseudoLabelSource:
                 if annotation is None or sample.key in found:
                     continue
                 found.add(sample.key)
-                image_bytes = next((sample.files[e] for e in IMAGE_EXTENSIONS if e in sample.files), None)
-                chunk.append((annotation, image_bytes, None))
+                image = find_image_member(sample.files)
+                chunk.append((annotation, image[1] if image else None, None))
                 if len(chunk) == self.shuffle_chunk:
                     yield from flush()
                     chunk, chunk_number = [], chunk_number + 1
@@ -264,7 +270,7 @@ class PseudoLabelSource:
             raise BadSample(reason, key)
         if image_bytes is None:
             raise BadSample("no image in sample", key)
-        image = decode_image(image_bytes, key)
+        image = decode_example_image(image_bytes, key, self.max_image_pixels)
         boxes = annotation.boxes
         if annotation.width > 0 and annotation.height > 0 and (image.width, image.height) != (
                 annotation.width, annotation.height):
@@ -278,9 +284,4 @@ class PseudoLabelSource:
             return GroundingExample(key, image, annotation.caption, boxes, spans, self.name, events)
         assert self.prompts is not None
         classes = [self.vocabulary_ids[annotation.phrases[p][0]] for p in phrase_index]
-        prompt = self.prompts(classes, rng)
-        fits = [i for i, c in enumerate(classes) if c in prompt.spans]
-        if len(fits) < len(classes):
-            events["class did not fit in the prompt"] = len(classes) - len(fits)
-        return GroundingExample(key, image, prompt.text, boxes[fits], [[prompt.spans[classes[i]]] for i in fits],
-                                self.name, events)
+        return prompted_example(key, image, boxes, classes, self.prompts, rng, self.name, events)

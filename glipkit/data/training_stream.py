@@ -10,46 +10,39 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from dataclasses import KW_ONLY, dataclass
 
 from torch.utils.data import IterableDataset, get_worker_info
 
 from glipkit.data.augment import TrainTransform
 from glipkit.data.collate import GroundingCollator, TrainingBatch
 from glipkit.data.grounding_example import BadSample
+from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS, set_pil_pixel_limit
 from glipkit.data.mixture import SourceMixture
 from glipkit.data.source import sample_rng
 
 MAX_SKIPPED_KEYS = 8
 
 
+@dataclass(eq=False)
 class TrainingBatches(IterableDataset):
     """Per-rank TrainingBatch for steps start_step, start_step+1, ... (endless when max_steps is None)."""
 
-    def __init__(
-        self,
-        mixture: SourceMixture,
-        transform: TrainTransform,
-        collator: GroundingCollator,
-        batch_size: int,
-        seed: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        start_step: int = 0,
-        max_steps: int | None = None,
-    ) -> None:
-        super().__init__()
-        if batch_size < 1:
+    mixture: SourceMixture
+    transform: TrainTransform
+    collator: GroundingCollator
+    batch_size: int
+    seed: int
+    _: KW_ONLY
+    rank: int = 0
+    world_size: int = 1
+    start_step: int = 0
+    max_steps: int | None = None
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # PIL's own guard, set in each iterating process
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
-        self.mixture = mixture
-        self.transform = transform
-        self.collator = collator
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.start_step = start_step
-        self.max_steps = max_steps
 
     @property
     def global_batch_size(self) -> int:
@@ -58,6 +51,7 @@ class TrainingBatches(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        set_pil_pixel_limit(self.max_image_pixels)  # PIL's own guard at the sources' limit, as pseudo-label sets it
         size = self.global_batch_size
         stream = self.mixture.stream(self.start_step * size, self.seed)
         step = self.start_step

@@ -54,3 +54,9 @@ def set_train_mode(model: nn.Module, mode: str) -> None:
             module.eval()
     if mode == "prompt":
         model.head.eval()
+
+
+def enable_fusion_checkpointing(model: nn.Module) -> None:
+    """Recompute the X-MHA fusion in the backward pass (cfg.head.use_checkpoint; memory only, same numbers)."""
+    for layer in model.head.tower:
+        layer.use_checkpoint = True

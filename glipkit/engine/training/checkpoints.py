@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from glipkit.files import atomic_path, write_text_atomic
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -27,6 +28,7 @@ STATE_FILE = "state.pt"
 
 
 def checkpoint_name(step: int) -> str:
+    """`step-0000100`: names sort by step."""
     return f"step-{step:07d}"
 
 
@@ -38,11 +40,9 @@ def write_checkpoint(out_dir: str | os.PathLike, step: int, model, state: dict[s
     `keep` > 0 removes older checkpoints beyond the newest `keep`. Returns the checkpoint directory.
     """
     root = Path(out_dir) / CHECKPOINTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = root / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
         model.save_pretrained(tmp / MODEL_FILE, metadata)
         if ema_state is not None:
             from safetensors.torch import save_file
@@ -53,27 +53,14 @@ def write_checkpoint(out_dir: str | os.PathLike, step: int, model, state: dict[s
                       metadata={"format": GLIPKIT_FORMAT, "glipkit_config": model.config.to_json(),
                                 **(metadata or {})})
         torch.save(state, tmp / STATE_FILE)
-        _fsync_tree(tmp)
-        if final.exists():
+        if final.exists():  # a rename cannot replace a directory that has files
             shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    pointer = root / f".{LATEST_FILE}.tmp-{uuid.uuid4().hex[:8]}"
-    pointer.write_text(final.name + "\n", encoding="utf-8")
-    os.replace(pointer, root / LATEST_FILE)
+    write_text_atomic(root / LATEST_FILE, final.name + "\n")
     if keep > 0:
         finished = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
         for old in finished[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
@@ -111,6 +98,7 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file (on the CPU)."""
     from safetensors.torch import load_file
 
     return load_file(str(path))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -39,3 +41,15 @@ class WeightEma:
             raise ValueError(f"EMA state lacks {missing[:5]}")
         for name in self.shadow:
             self.shadow[name].copy_(shadow[name])
+
+    def averaged_model(self, model: nn.Module) -> nn.Module:
+        """A copy of `model` holding the averaged weights (a GLIP's tokenizer is shared, not copied)."""
+        tokenizer = getattr(model, "tokenizer", None)
+        model.tokenizer = None
+        try:
+            averaged = copy.deepcopy(model)
+        finally:
+            model.tokenizer = tokenizer
+        averaged.tokenizer = tokenizer
+        averaged.load_state_dict(self.state_dict_for(model))
+        return averaged

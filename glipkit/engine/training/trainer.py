@@ -8,28 +8,30 @@ samples (data/training_stream.py) and re-seeds the model's random ops (dropout, 
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import json
 import math
 import signal
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from glipkit.data.collate import TrainingBatch
-from glipkit.engine import train_state
-from glipkit.engine.distributed import DistributedContext, device_for_rank, init_distributed
-from glipkit.engine.ema import WeightEma
-from glipkit.engine.optimization import (OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler,
-                                         lr_factor)
-from glipkit.engine.training_data import DataOptions, build_batches, build_mixture
-from glipkit.engine.tuning import apply_tuning, set_train_mode
+from glipkit.engine import runtime
+from glipkit.engine.distributed import DistributedContext, init_distributed
+from glipkit.engine.progress import ProgressCallback, ProgressEvent
+from glipkit.engine.training import checkpoints
+from glipkit.engine.training.config import TrainConfig, changed_run_options
+from glipkit.engine.training.data import build_batches, build_mixture
+from glipkit.engine.training.ema import WeightEma
+from glipkit.engine.training.optimization import (OptimizerSettings, ScheduleSettings, build_optimizer,
+                                                  build_scheduler, lr_factor)
+from glipkit.engine.training.tuning import apply_tuning, enable_fusion_checkpointing, set_train_mode
+from glipkit.files import write_json_atomic
 from glipkit.model.loss import GroundingLoss, GroundingTargets
 
 METRICS_FILE = "metrics.jsonl"
@@ -37,8 +39,7 @@ SKIPPED_FILE = "skipped.jsonl"
 FINAL_WEIGHTS = "model.safetensors"
 CONFIG_FILE = "train_config.json"
 TOKENIZER_DIR = "tokenizer"
-# Options that define which samples and updates step s is made of: a resumed run must not change them.
-RUN_DEFINING = ("model", "tune", "batch_size", "accumulate", "seed", "steps", "data")
+TASK = "train"
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,48 +48,6 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGTERM (or Ctrl-C) stopped the run; a checkpoint of the last finished step was written when possible."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything `train-student` needs. Learning-rate defaults are GLIP's (§8.6)."""
-
-    out: str
-    model: str = "glip-t"  # named official model, .pth / .safetensors path, or preset:NAME (random init)
-    tokenizer: str | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"input.train_min_sizes": [480, 800]}
-    data: DataOptions = field(default_factory=DataOptions)
-    tune: str = "full"  # full | prompt | linear
-    freeze_backbone_at: int = -1  # BACKBONE.FREEZE_CONV_BODY_AT (full tuning)
-    steps: int | None = None  # optimiser steps; or derived from epochs
-    epochs: float | None = None
-    batch_size: int = 2  # images per process per micro-step
-    accumulate: int = 1  # micro-steps per optimiser step
-    lr: float = 1e-4
-    lang_lr: float = 1e-5
-    weight_decay: float = 1e-4
-    schedule: str = "step"  # step | cosine | constant
-    warmup_steps: int | None = None  # default: min(2000, steps // 10)
-    warmup_factor: float = 0.001
-    milestones: tuple[float, ...] = (0.67, 0.89)
-    clip_grad: float = 1.0  # 0 = off
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    ema_decay: float = 0.0  # 0 = no EMA; GLIP-T pretraining used 0.999
-    checkpoint_fusion: bool = False  # activation checkpointing of the fusion layers (cfg.head.use_checkpoint)
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    log_every: int = 10
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    resume: str | None = None  # checkpoint dir, run dir, or "auto" (this run's out dir)
-    val: str | None = None  # COCO json for periodic evaluation
-    val_images: str | None = None
-    eval_every: int = 0  # 0 = only at the end (when val is given)
-    val_max_images: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
 
 @dataclass
@@ -104,85 +63,16 @@ class TrainResult:
     checkpoint: Path | None
 
 
-Progress = Callable[[dict[str, Any]], None]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Model
-
-
-def _parse_option(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
-def apply_config_options(config, options: dict[str, Any]) -> None:
-    """Set `section.field` values of a GLIPConfig (lists become tuples); ValueError on unknown names."""
-    for name, raw in options.items():
-        section_name, _, field_name = name.partition(".")
-        section = getattr(config, section_name, None)
-        if section is None or not field_name or not hasattr(section, field_name):
-            raise ValueError(f"unknown model option {name!r} (use SECTION.FIELD, e.g. input.train_min_sizes)")
-        value = _parse_option(raw)
-        setattr(section, field_name, tuple(value) if isinstance(value, list) else value)
-
-
-# What may change on a model that already has weights: nothing that changes a parameter's shape.
-_RUNTIME_OPTIONS = ("input.", "postprocess.", "head.use_checkpoint", "head.fpn_drop_block")
-
-
-def build_student(spec: str, tokenizer, options: dict[str, Any] | None = None, seed: int = 0):
-    """A GLIP to train: `preset:NAME` or a preset that is not an official model name (random init, seeded), a
-    named official model (glip-t, ...), or a checkpoint path (.pth / .safetensors)."""
-    from glipkit.model.config import PRESETS, preset
-    from glipkit.model.glip import GLIP
-    from glipkit.model.hub import NAMED_MODELS
-
-    options = dict(options or {})
-    name = str(spec)
-    preset_name = name.split(":", 1)[1] if name.startswith("preset:") else (
-        name if name in PRESETS and name not in NAMED_MODELS else None)
-    if preset_name is not None:
-        config = preset(preset_name)
-        apply_config_options(config, options)
-        vocab = len(tokenizer)
-        if vocab > config.language.vocab_size:
-            raise ValueError(f"the tokenizer has {vocab} tokens but preset {preset_name} embeds "
-                             f"{config.language.vocab_size}; set --model-option language.vocab_size={vocab}")
-        torch.manual_seed(seed)
-        model = GLIP(config, tokenizer)
-    else:
-        frozen = [k for k in options if not k.startswith(_RUNTIME_OPTIONS)]
-        if frozen:
-            raise ValueError(f"model options {frozen} would change the shape of a pretrained model")
-        model = GLIP.from_pretrained(name, tokenizer=tokenizer)
-        apply_config_options(model.config, options)
-        if "head.fpn_drop_block" in options:
-            from glipkit.model.fpn import DropBlock2D
-
-            model.fpn.drop_block = DropBlock2D(0.3, 3) if model.config.head.fpn_drop_block else None
-    return model
-
-
-def enable_fusion_checkpointing(model) -> None:
-    """Recompute the X-MHA fusion in the backward pass (cfg.head.use_checkpoint; memory only, same numbers)."""
-    for layer in model.head.tower:
-        layer.use_checkpoint = True
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The loop
 
 
-def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
-    """Run `train-student` in this process (joining torchrun's group when there is one)."""
+def train(config: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
+    """Run `train-student` in this process (joining torchrun's group when there is one); rank 0 reports progress
+    (steps, a note with the loss terms, learning rate and images/s; checkpoint, evaluation and resume messages)."""
     context = init_distributed()
     try:
-        device = device_for_rank(config.device, context)
+        device = runtime.resolve_device(config.device, context.local_rank)
         return Trainer(config, context, device, progress).run()
     finally:
         context.close()
@@ -201,7 +91,7 @@ class Trainer:
     """Holds the model, optimiser, data and bookkeeping of one run; `run()` trains to `steps`."""
 
     def __init__(self, config: TrainConfig, context: DistributedContext, device: torch.device,
-                 progress: Progress | None = None) -> None:
+                 progress: ProgressCallback | None = None) -> None:
         self.config = config
         self.context = context
         self.device = device
@@ -212,27 +102,28 @@ class Trainer:
         self.eval_metrics: dict[str, float] | None = None
         self.last_checkpoint: Path | None = None
         self._updating = False
+        self.started = time.perf_counter()
+        self.steps = 0
+        self.note = ""  # the progress note: the last logged loss terms, learning rate and images/s
 
     # -- setup ------------------------------------------------------------------------------------------------------
 
-    def _emit(self, record: dict[str, Any]) -> None:
+    def _emit(self, done: int, message: str = "") -> None:
         if self.progress is not None and self.context.is_main:
-            self.progress(record)
+            self.progress(ProgressEvent(TASK, done, self.steps, "steps", time.perf_counter() - self.started,
+                                        note=self.note, message=message))
 
     def _setup(self) -> None:
         from glipkit.model.hub import load_tokenizer
 
         cfg = self.config
-        if cfg.tune not in ("full", "prompt", "linear"):
-            raise ValueError(f"--tune must be full, prompt or linear, not {cfg.tune!r}")
-        if cfg.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"--precision must be fp32, bf16 or fp16, not {cfg.precision!r}")
+        self.precision = runtime.resolve_precision(cfg.precision, self.device)
         if cfg.batch_size < 1 or cfg.accumulate < 1:
             raise ValueError("--batch-size and --accumulate must be at least 1")
         if cfg.val and not cfg.val_images:
             raise ValueError("--val needs --val-images")
         self.tokenizer = load_tokenizer(cfg.tokenizer)
-        self.model = build_student(cfg.model, self.tokenizer, cfg.model_options, cfg.seed)
+        self.model = runtime.load_model(cfg.model, self.tokenizer, self.device, cfg.model_options, cfg.seed)
         self.trainable = apply_tuning(self.model, cfg.tune)
         if cfg.tune == "full" and cfg.freeze_backbone_at >= 0:
             self.model.backbone.freeze(cfg.freeze_backbone_at)
@@ -255,12 +146,12 @@ class Trainer:
         self.schedule = ScheduleSettings(self.steps, cfg.schedule, warmup, cfg.warmup_factor, cfg.milestones)
         self.optimizer = build_optimizer(self.model, OptimizerSettings(cfg.lr, cfg.lang_lr, cfg.weight_decay))
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = WeightEma(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.loss_fn = GroundingLoss()
         self.start_step = 0
         if cfg.resume:
-            self._resume(train_state.resolve_resume(cfg.resume, cfg.out))
+            self._resume(checkpoints.resolve_resume(cfg.resume, cfg.out))
 
         self.ddp = self.model
         if self.context.world_size > 1:
@@ -278,7 +169,7 @@ class Trainer:
 
         self.out.mkdir(parents=True, exist_ok=True)
         if self.context.is_main:
-            (self.out / CONFIG_FILE).write_text(json.dumps(self._run_record(), indent=1), encoding="utf-8")
+            write_json_atomic(self.out / CONFIG_FILE, self._run_record())
 
     def _run_record(self) -> dict[str, Any]:
         return {**self.config.to_dict(), "world_size": self.context.world_size, "steps_total": self.steps,
@@ -288,31 +179,28 @@ class Trainer:
     def _resume(self, checkpoint: Path) -> None:
         from glipkit.model.weights import load_state_dict_checked
 
-        state = train_state.read_state(checkpoint)
-        saved = state.get("config", {})
-        mine = self.config.to_dict()
-        changed = [k for k in RUN_DEFINING if k in saved and saved[k] != mine[k] and not (
-            k == "steps" and saved.get("steps_total") == self.steps)]
+        state = checkpoints.read_state(checkpoint)
+        changed = changed_run_options(state.get("config", {}), self.config, self.steps)
         if state.get("world_size", 1) != self.context.world_size:
             changed.append(f"world size ({state.get('world_size')} -> {self.context.world_size})")
         if changed:
             raise ValueError(f"--resume {checkpoint}: the run was started with other {', '.join(map(str, changed))}; "
                              "resume with the same options or start a new --out")
-        load_state_dict_checked(self.model, train_state.read_weights(checkpoint / train_state.MODEL_FILE))
+        load_state_dict_checked(self.model, checkpoints.read_weights(checkpoint / checkpoints.MODEL_FILE))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
-            ema_path = checkpoint / train_state.EMA_FILE
+            ema_path = checkpoint / checkpoints.EMA_FILE
             if not ema_path.is_file():
                 raise ValueError(f"--resume {checkpoint}: EMA is on but the checkpoint has no {ema_path.name}")
-            weights = train_state.read_weights(ema_path)
+            weights = checkpoints.read_weights(ema_path)
             self.ema.load_shadow({k: v.to(self.device) for k, v in weights.items()})
         self.start_step = int(state["step"])
         self.events.update(state.get("events", {}))
         self.last_checkpoint = checkpoint
-        self._emit({"event": "resume", "checkpoint": str(checkpoint), "step": self.start_step})
+        self._emit(self.start_step, message=f"resumed from {checkpoint} at step {self.start_step}")
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
@@ -338,37 +226,29 @@ class Trainer:
         if self.context.is_main:
             ema_state = self.ema.state_dict_for(self.model) if self.ema is not None else None
             metadata = {"glipkit_command": "train-student", "step": str(step)}
-            path = train_state.write_checkpoint(self.out, step, self.model, self._state(step), ema_state, metadata,
+            path = checkpoints.write_checkpoint(self.out, step, self.model, self._state(step), ema_state, metadata,
                                                 keep=self.config.keep_checkpoints)
             self.last_checkpoint = path
-            self._emit({"event": "checkpoint", "step": step, "path": str(path)})
+            self._emit(step, message=f"checkpoint {path}")
         self.context.barrier()
         return path
 
     def _weights_for_eval(self):
-        if self.ema is None:
-            return self.model
-        tokenizer, self.model.tokenizer = self.model.tokenizer, None  # shared, not copied
-        try:
-            averaged = copy.deepcopy(self.model)
-        finally:
-            self.model.tokenizer = tokenizer
-        averaged.tokenizer = tokenizer
-        averaged.load_state_dict(self.ema.state_dict_for(self.model))
-        return averaged
+        return self.model if self.ema is None else self.ema.averaged_model(self.model)
 
     def evaluate(self, step: int) -> dict[str, float] | None:
         """COCO AP on --val from rank 0 (EMA weights when EMA is on); appended to metrics.jsonl."""
         cfg = self.config
         metrics = None
         if self.context.is_main:
-            from glipkit.engine.validation import evaluate_coco_set
+            from glipkit.engine.evaluation.validation import evaluate_coco_set
 
             metrics = evaluate_coco_set(self._weights_for_eval(), cfg.val, cfg.val_images, cfg.val_max_images,
-                                        cfg.precision)
+                                        self.precision)
             self.eval_metrics = metrics
             self._log({"event": "eval", "step": step, "metrics": metrics})
-            self._emit({"event": "eval", "step": step, "metrics": metrics})
+            self._emit(step, message=f"step {step}: AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}  "
+                                     f"AP75 {metrics['AP75']:.3f}")
         set_train_mode(self.model, cfg.tune)
         self.context.barrier()
         return metrics
@@ -384,12 +264,6 @@ class Trainer:
         # Dropout, DropBlock and drop path draw from torch's RNG: seeding it per (seed, step, rank) makes every
         # step repeatable on its own, so a resumed run continues with exactly the numbers of an uninterrupted one.
         torch.manual_seed((self.config.seed * 1_000_003 + step) * 1009 + self.context.rank)
-
-    def _autocast(self):
-        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-        if self.config.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtypes[self.config.precision])
 
     def _global_sum(self, values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -407,7 +281,7 @@ class Trainer:
             batch = _dummy_batch(self.device)
         sync = contextlib.nullcontext() if last or self.context.world_size == 1 else self.ddp.no_sync()
         with sync:
-            with self._autocast():
+            with runtime.autocast(self.device, self.precision):
                 outputs = self.ddp(batch.images, batch.input_ids, batch.attention_mask)
             anchors = self.model.anchors(outputs.tower_features)
             losses = self.loss_fn(outputs, anchors, batch.targets, batch.attention_mask)
@@ -445,9 +319,9 @@ class Trainer:
     def run(self) -> TrainResult:
         self._setup()
         cfg = self.config
-        self._emit({"event": "start", "start_step": self.start_step, "steps": self.steps,
-                    "world_size": self.context.world_size, "trainable_parameters": len(self.trainable),
-                    "sources": {s.name: len(s) for s in self.mixture.sources}})
+        sources = ", ".join(f"{s.name} {len(s)}" for s in self.mixture.sources)
+        self._emit(self.start_step, message=f"sources: {sources}; {len(self.trainable)} trainable tensors; "
+                                            f"{self.context.world_size} process(es)")
         self._log({"event": "start", "start_step": self.start_step, "steps": self.steps,
                    "world_size": self.context.world_size, "time": time.time()})
         self.current_step = self.start_step
@@ -475,7 +349,6 @@ class Trainer:
         if cfg.val and (cfg.eval_every <= 0 or self.steps % cfg.eval_every != 0):
             self.evaluate(self.steps)
         self._log({"event": "end", "step": self.steps, "events": dict(self.events), "time": time.time()})
-        self._emit({"event": "end", "step": self.steps, "weights": str(weights), "events": dict(self.events)})
         return TrainResult(self.out, weights, self.steps, self.last_losses, self.eval_metrics, dict(self.events),
                            self.last_checkpoint)
 
@@ -509,6 +382,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 self.current_step = step + 1
+                self._emit(self.current_step)
                 continue
             empty_in_a_row = 0
             grad_norm = self._optimizer_step()
@@ -534,8 +408,9 @@ class Trainer:
                           "skipped": sum(v for k, v in self.events.items() if k.startswith("skipped"))}
                 self.last_losses = losses
                 self._log(record)
-                self._emit(record)
+                self.note = _step_note(record)
                 sums, window_steps, window_images, window_start = {}, 0, 0.0, time.perf_counter()
+            self._emit(done)
             if cfg.save_every > 0 and done % cfg.save_every == 0 or done == self.steps:
                 self.save_checkpoint(done)
             if cfg.val and cfg.eval_every > 0 and done % cfg.eval_every == 0:
@@ -547,6 +422,14 @@ class Trainer:
                       self.out / SKIPPED_FILE, "a", encoding="utf-8") as handle:
                 for reason, key in batch.skipped:
                     handle.write(json.dumps({"step": batch.step, "key": key, "reason": reason}) + "\n")
+
+
+def _step_note(record: dict[str, Any]) -> str:
+    """The progress note of a metrics record: loss terms, learning rate, images/s and skipped samples."""
+    terms = " ".join(f"{k.replace('loss_', '').replace('dot_product_', '')}={record[k]:.3f}"
+                     for k in sorted(record) if k.startswith("loss"))
+    note = f"{terms} lr={record['lr']:.2e} {record['images_per_s']:.1f} img/s"
+    return note + (f" skipped={record['skipped']}" if record["skipped"] else "")
 
 
 def _main_thread() -> bool:
