@@ -16,22 +16,15 @@ import torch
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
-from glipkit.evaluation.benchmarks import run_flickr
+from glipkit.engine.evaluation.jobs import run_flickr
+from glipkit.engine.evaluation.loop import Caption, ImageRecord, RunSettings, detect_images, image_records
 from glipkit.evaluation.odinw import ODINW_13, select_datasets
-from glipkit.evaluation.runner import (
-    Caption,
-    ImageRecord,
-    RunSettings,
-    class_vocabulary,
-    detect_images,
-    image_records,
-    phrase_positive_maps,
-)
 from glipkit.model.config import glip_tiny_test
 from glipkit.model.glip import GLIP
 from glipkit.model.prompts import encode_prompts
 from glipkit.model.transforms import batch_images, preprocess_image
 from glipkit.text.prompt_file import parse_prompts
+from glipkit.text.vocabulary import class_vocabulary
 from test_model_api import COCO_NAMES
 
 # The official COCO category ids (1..90 with gaps), in the order of COCO_NAMES.
@@ -169,7 +162,7 @@ def test_prompt_file_only_the_name_is_positive_and_no_trailing_separator(tiny_to
 
 def test_phrase_positive_map_is_the_union_of_a_phrases_spans(model):
     caption = Caption(0, "a dog and a cat near the dog", (((2, 5), (25, 28)), ((12, 15),)))
-    encoded = phrase_positive_maps(model, [caption])
+    encoded = encode_prompts(model.tokenizer, [caption.text], [caption.phrases])
     tokens = model.tokenizer.convert_ids_to_tokens(encoded.input_ids[0])
     rows = [torch.nonzero(r).flatten().tolist() for r in encoded.positive_maps[0]]
     assert [[tokens[t] for t in r] for r in rows] == [["dog", "dog"], ["cat"]]
@@ -244,10 +237,10 @@ def test_unreadable_image_is_skipped_and_reported(model, tmp_path):
 
 
 def test_a_run_that_stops_keeps_the_detections_made_so_far(model, coco_set, tmp_path, monkeypatch):
-    from glipkit.evaluation.benchmarks import run_coco
+    from glipkit.engine.evaluation.jobs import run_coco
 
     ann, image_dir = coco_set
-    original = model.ground_batch
+    original = model.ground_chunks
     calls = []
 
     def failing(*args, **kwargs):
@@ -256,7 +249,7 @@ def test_a_run_that_stops_keeps_the_detections_made_so_far(model, coco_set, tmp_
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(model, "ground_batch", failing)
+    monkeypatch.setattr(model, "ground_chunks", failing)
     with pytest.raises(KeyboardInterrupt):
         run_coco(model, ann, image_dir, RunSettings(), out_dir=tmp_path)
     partial = json.loads((tmp_path / "detections.partial.json").read_text())

@@ -3,38 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import typer
+from typing_extensions import Annotated
 
 from glipkit.cli.app import app
-from glipkit.cli.common import fail, user_errors
+from glipkit.cli.common import (DeviceOption, ModelOption, PrecisionOption, ProgressDisplay, ProgressOption,
+                                TokenizerOption, fail, require_path, user_errors)
 
 eval_app = typer.Typer(help="Evaluate a GLIP on COCO, LVIS, Flickr30K or ODinW.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
-_MODEL_HELP = "glip-t, glip-t-c, glip-t-a, glip-l, a .pth/.safetensors path, or preset:NAME (random weights)."
-_BATCH_HELP = "Images per forward pass. 1 reproduces the official numbers; larger is faster but approximate (padding)."
-_CHUNK_HELP = "Categories per prompt chunk (image features are shared by all chunks)."
-_PROMPT_FILE_HELP = "JSON/YAML file mapping class names to prompt text (prefix/name/suffix; only the name is positive)."
-
-
-def _settings(**values: Any):
-    from glipkit.evaluation.runner import RunSettings
-
-    return RunSettings(**{k: v for k, v in values.items() if v is not None})
-
-
-def _require(path: Path, what: str, directory: bool = False) -> None:
-    """Check an input path before the (slow) model load."""
-    if not (path.is_dir() if directory else path.is_file()):
-        raise FileNotFoundError(f"{what} not found: {path}")
-
-
+# Options shared by the benchmarks (ModelOption, TokenizerOption, DeviceOption, ProgressOption: cli/common.py).
+BatchSizeOption = Annotated[int, typer.Option(
+    "--batch-size", help="Images per forward pass. 1 reproduces the official numbers; larger is faster but "
+    "approximate (padding).")]
+ChunkSizeOption = Annotated[Optional[int], typer.Option(
+    "--chunk-size", help="Categories per prompt chunk; image features are shared by all chunks. Unset: all in one "
+    "prompt if it fits 256 tokens, else 40 (GLIP's LVIS value).")]
+PromptFileOption = Annotated[Optional[Path], typer.Option(
+    "--prompt-file", help="JSON/YAML file mapping class names to prompt text (prefix/name/suffix; only the name is "
+    "positive).")]
+MaxImagesOption = Annotated[Optional[int], typer.Option(
+    "--max-images", help="Evaluate only the first N images (by id; Flickr30K: with all their captions; ODinW: of "
+    "each dataset).")]
+WorkersOption = Annotated[int, typer.Option("--workers", help="Processes reading and resizing images.")]
+OutOption = Annotated[Optional[Path], typer.Option(
+    "--out", metavar="DIR", help="Directory for the records (detections.json or predictions.json; ODinW: one "
+    "folder per dataset) and metrics.json.")]
+DetectionsOption = Annotated[Optional[Path], typer.Option(
+    "--detections", help="Score this detections json (COCO: xywh with +1; LVIS: xywh) instead of running a model.")]
 def _load(model: str, tokenizer: Optional[str], device: str):
-    from glipkit.engine.loading import load_glip
+    from glipkit.engine.runtime import load_model, resolve_device
 
-    return load_glip(model, tokenizer, device)
+    return load_model(model, tokenizer, resolve_device(device))
+
+
+def _meta(model: str, tokenizer: Optional[str], device: str) -> dict[str, Optional[str]]:
+    """What metrics.json records about the model."""
+    return {"model": model, "tokenizer": tokenizer, "device": device}
 
 
 def _prompt_table(prompt_file: Optional[Path]):
@@ -45,44 +53,27 @@ def _prompt_table(prompt_file: Optional[Path]):
     return load_prompt_file(prompt_file)
 
 
-class _ProgressBar:
-    """A rich progress bar with ETA on stderr; `update(done, total, label)` is the runner's callback."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("images"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=Console(stderr=True))
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> "_ProgressBar":
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.stop()
-
-    def update(self, done: int, total: int, label: str = "evaluating") -> None:
-        if label not in self.tasks:
-            self.tasks[label] = self.progress.add_task(label, total=total)
-        self.progress.update(self.tasks[label], completed=done, total=total)
-
-    def callback(self, label: str) -> Callable[[int, int], None]:
-        return lambda done, total: self.update(done, total, label)
+def _detector_run(run: Callable, score: Callable, ann: Path, images: Optional[Path], detections: Optional[Path],
+                  settings: Callable, prompt_file: Optional[Path], out: Optional[Path], model: str,
+                  tokenizer: Optional[str], device: str, progress: bool):
+    """COCO and LVIS: `score` a detections file, or load the model and `run` it over the images with `settings()`."""
+    with ProgressDisplay(progress) as display, user_errors(display):
+        if detections is not None:
+            return score(ann, detections, out)
+        if images is None:
+            fail("give --images DIR to run a model (with --model), or --detections FILE to score a detections file")
+        run_settings = settings()
+        table = _prompt_table(prompt_file)
+        require_path(ann, "annotation file")
+        require_path(images, "image directory", directory=True)
+        glip = _load(model, tokenizer, device)
+        return run(glip, ann, images, run_settings, table, out, display.update, _meta(model, tokenizer, device))
 
 
 def _console():
     from rich.console import Console
 
     return Console()
-
-
-def _print_warnings(messages: list[str]) -> None:
-    for message in messages:
-        typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -160,11 +151,13 @@ def _print_lvis(run, per_category: bool) -> None:
         _print_per_category(result.per_category_ap, result.category_names, extra=result.category_frequency)
 
 
-def _print_files(run_files: dict[str, str], out: Optional[Path]) -> None:
-    if run_files:
-        for what, path in run_files.items():
-            typer.echo(f"{what}: {path}")
-    elif out is None:
+def _print_outcome(warnings: list[str], files: dict[str, str], out: Optional[Path]) -> None:
+    """The run's warnings (stderr), then the files it wrote."""
+    for message in warnings:
+        typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+    for what, path in files.items():
+        typer.echo(f"{what}: {path}")
+    if not files and out is None:
         typer.echo("(pass --out DIR to save the detections and metrics.json)")
 
 
@@ -175,42 +168,30 @@ def _print_files(run_files: dict[str, str], out: Optional[Path]) -> None:
 def coco(
     ann: Path = typer.Option(..., "--ann", help="COCO-format annotation json, e.g. instances_val2017.json."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image directory (`file_name` is relative to it)."),
-    detections: Optional[Path] = typer.Option(None, "--detections",
-                                              help="Score this COCO detections json instead of running a model."),
-    model: str = typer.Option("glip-t", help=_MODEL_HELP),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory (default: bert-base-uncased)."),
-    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help=_PROMPT_FILE_HELP),
-    chunk_size: Optional[int] = typer.Option(None, help=_CHUNK_HELP + " Default: all in one prompt if it fits "
-                                                                      "256 tokens, else 40."),
-    batch_size: int = typer.Option(1, help=_BATCH_HELP),
-    max_images: Optional[int] = typer.Option(None, help="Evaluate only the first N images (by id)."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
-    workers: int = typer.Option(2, help="Processes reading and resizing images."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Directory for detections.json and metrics.json."),
+    detections: DetectionsOption = None,
+    model: ModelOption = "glip-t",
+    tokenizer: TokenizerOption = None,
+    prompt_file: PromptFileOption = None,
+    chunk_size: ChunkSizeOption = None,
+    batch_size: BatchSizeOption = 1,
+    max_images: MaxImagesOption = None,
+    precision: PrecisionOption = "fp32",
+    device: DeviceOption = "auto",
+    workers: WorkersOption = 2,
+    out: OutOption = None,
     per_category: bool = typer.Option(True, "--per-category/--no-per-category", help="Print AP per category."),
+    progress: ProgressOption = True,
 ) -> None:
     """COCO box AP of a GLIP (class-name prompt, batch 1) or of a detections json."""
-    from glipkit.evaluation.benchmarks import run_coco, score_coco_detections
+    from glipkit.engine.evaluation.jobs import run_coco, score_coco_detections
+    from glipkit.engine.evaluation.loop import RunSettings
 
-    with user_errors():
-        if detections is not None:
-            run = score_coco_detections(ann, detections, out)
-        else:
-            if images is None:
-                fail("give --images DIR to run a model (with --model), or --detections FILE to score a detections file")
-            settings = _settings(batch_size=batch_size, chunk_size=chunk_size, precision=precision,
-                                 max_images=max_images, workers=workers)
-            table = _prompt_table(prompt_file)
-            _require(ann, "annotation file")
-            _require(images, "image directory", directory=True)
-            glip = _load(model, tokenizer, device)
-            with _ProgressBar() as bar:
-                run = run_coco(glip, ann, images, settings, table, out, bar.callback("COCO"),
-                               {"model": model, "tokenizer": tokenizer, "device": device})
+    run = _detector_run(run_coco, score_coco_detections, ann, images, detections,
+                        lambda: RunSettings(batch_size=batch_size, chunk_size=chunk_size, precision=precision,
+                                            max_images=max_images, workers=workers),
+                        prompt_file, out, model, tokenizer, device, progress)
     _print_coco(run, per_category)
-    _print_warnings(run.warnings)
-    _print_files(run.files, out)
+    _print_outcome(run.warnings, run.files, out)
 
 
 @eval_app.command("lvis")
@@ -218,80 +199,68 @@ def lvis(
     ann: Path = typer.Option(..., "--ann", help="LVIS annotation json, e.g. MDETR's lvis_v1_minival or lvis_v1_val."),
     images: Optional[Path] = typer.Option(None, "--images",
                                           help="Image directory (`file_name`, or the tail of `coco_url`)."),
-    detections: Optional[Path] = typer.Option(None, "--detections",
-                                              help="Score this detections json (xywh, no +1) instead of a model."),
-    model: str = typer.Option("glip-t", help=_MODEL_HELP),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory (default: bert-base-uncased)."),
-    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help=_PROMPT_FILE_HELP),
-    chunk_size: int = typer.Option(40, help=_CHUNK_HELP + " GLIP uses 40."),
+    detections: DetectionsOption = None,
+    model: ModelOption = "glip-t",
+    tokenizer: TokenizerOption = None,
+    prompt_file: PromptFileOption = None,
+    chunk_size: ChunkSizeOption = 40,
     detections_per_image: int = typer.Option(300, help="Detections kept per image and prompt chunk."),
-    batch_size: int = typer.Option(1, help=_BATCH_HELP),
-    max_images: Optional[int] = typer.Option(None, help="Evaluate only the first N images (by id)."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
-    workers: int = typer.Option(2, help="Processes reading and resizing images."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Directory for detections.json and metrics.json."),
+    batch_size: BatchSizeOption = 1,
+    max_images: MaxImagesOption = None,
+    precision: PrecisionOption = "fp32",
+    device: DeviceOption = "auto",
+    workers: WorkersOption = 2,
+    out: OutOption = None,
     per_category: bool = typer.Option(False, "--per-category/--no-per-category", help="Print AP per category."),
+    progress: ProgressOption = True,
 ) -> None:
     """LVIS fixed AP (top 10,000 detections per category; APr/APc/APf) of a GLIP or a detections json."""
-    from glipkit.evaluation.benchmarks import lvis_settings, run_lvis, score_lvis_detections
+    from glipkit.engine.evaluation.jobs import run_lvis, score_lvis_detections
+    from glipkit.engine.evaluation.loop import RunSettings
 
-    with user_errors():
-        if detections is not None:
-            run = score_lvis_detections(ann, detections, out)
-        else:
-            if images is None:
-                fail("give --images DIR to run a model (with --model), or --detections FILE to score a detections file")
-            settings = lvis_settings(batch_size=batch_size, chunk_size=chunk_size, precision=precision,
-                                     detections_per_image=detections_per_image, max_images=max_images,
-                                     workers=workers)
-            table = _prompt_table(prompt_file)
-            _require(ann, "annotation file")
-            _require(images, "image directory", directory=True)
-            glip = _load(model, tokenizer, device)
-            with _ProgressBar() as bar:
-                run = run_lvis(glip, ann, images, settings, table, out, bar.callback("LVIS"),
-                               {"model": model, "tokenizer": tokenizer, "device": device})
+    run = _detector_run(run_lvis, score_lvis_detections, ann, images, detections,
+                        lambda: RunSettings(batch_size=batch_size, chunk_size=chunk_size, precision=precision,
+                                            detections_per_image=detections_per_image, max_images=max_images,
+                                            workers=workers),
+                        prompt_file, out, model, tokenizer, device, progress)
     _print_lvis(run, per_category)
-    _print_warnings(run.warnings)
-    _print_files(run.files, out)
+    _print_outcome(run.warnings, run.files, out)
 
 
 @eval_app.command("flickr30k")
 def flickr30k(
     ann: Path = typer.Option(..., "--ann", help="MDETR's final_flickr_separateGT_{val,test}.json."),
     images: Path = typer.Option(..., "--images", help="The flickr30k-images directory."),
-    model: str = typer.Option("glip-t", help=_MODEL_HELP),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory (default: bert-base-uncased)."),
+    model: ModelOption = "glip-t",
+    tokenizer: TokenizerOption = None,
     merged: bool = typer.Option(False, "--merged", help="Merge each phrase's boxes into one (the 'merged' GT)."),
-    max_images: Optional[int] = typer.Option(None, help="Evaluate only the first N images (all their captions)."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
-    workers: int = typer.Option(2, help="Processes reading and resizing images."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Directory for predictions.json and metrics.json."),
+    max_images: MaxImagesOption = None,
+    precision: PrecisionOption = "fp32",
+    device: DeviceOption = "auto",
+    workers: WorkersOption = 2,
+    out: OutOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Flickr30K Entities phrase grounding Recall@1/5/10 (any-box, IoU 0.5); the caption is the prompt."""
     from rich.table import Table
 
-    from glipkit.evaluation.benchmarks import FLICKR_DETECTIONS_PER_IMAGE, run_flickr
+    from glipkit.engine.evaluation.jobs import FLICKR_DETECTIONS_PER_IMAGE, run_flickr
+    from glipkit.engine.evaluation.loop import RunSettings
 
-    with user_errors():
-        settings = _settings(precision=precision, max_images=max_images, workers=workers,
-                             detections_per_image=FLICKR_DETECTIONS_PER_IMAGE)
-        _require(ann, "annotation file")
-        _require(images, "image directory", directory=True)
+    with ProgressDisplay(progress) as display, user_errors(display):
+        settings = RunSettings(precision=precision, max_images=max_images, workers=workers,
+                               detections_per_image=FLICKR_DETECTIONS_PER_IMAGE)
+        require_path(ann, "annotation file")
+        require_path(images, "image directory", directory=True)
         glip = _load(model, tokenizer, device)
-        with _ProgressBar() as bar:
-            run = run_flickr(glip, ann, images, settings, merged, out, bar.callback("Flickr30K"),
-                             {"model": model, "tokenizer": tokenizer, "device": device})
+        run = run_flickr(glip, ann, images, settings, merged, out, display.update, _meta(model, tokenizer, device))
     result = run.result
     table = Table(title=f"Flickr30K phrase grounding ({result.num_phrases} phrases, {result.num_samples} captions)")
     for name in run.metrics:
         table.add_column(name, justify="right")
     table.add_row(*(f"{v:.4f}" for v in run.metrics.values()))
     _console().print(table)
-    _print_warnings(run.warnings)
-    _print_files(run.files, out)
+    _print_outcome(run.warnings, run.files, out)
 
 
 @eval_app.command("odinw")
@@ -300,39 +269,37 @@ def odinw(
     datasets: Optional[str] = typer.Option(None, help="Comma-separated dataset names (default: the 13 of ODinW-13)."),
     dataset_list: Optional[Path] = typer.Option(None, "--dataset-list",
                                                 help="JSON/YAML list of {name, ann_file, img_dir[, prompt_file]}."),
-    model: str = typer.Option("glip-t", help=_MODEL_HELP),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory (default: bert-base-uncased)."),
-    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file",
-                                               help=_PROMPT_FILE_HELP + " Replaces the datasets' own prompts."),
+    model: ModelOption = "glip-t",
+    tokenizer: TokenizerOption = None,
+    prompt_file: PromptFileOption = None,
     caption_prompts: bool = typer.Option(True, "--caption-prompts/--no-caption-prompts",
-                                         help="Use GLIP's per-class prompt engineering where a dataset has it."),
-    chunk_size: Optional[int] = typer.Option(None, help=_CHUNK_HELP),
-    batch_size: int = typer.Option(1, help=_BATCH_HELP),
-    max_images: Optional[int] = typer.Option(None, help="Evaluate only the first N images of each dataset."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
-    workers: int = typer.Option(2, help="Processes reading and resizing images."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Directory for per-dataset results and metrics.json."),
+                                         help="Use GLIP's per-class prompt engineering where a dataset has it "
+                                              "(a --prompt-file replaces it)."),
+    chunk_size: ChunkSizeOption = None,
+    batch_size: BatchSizeOption = 1,
+    max_images: MaxImagesOption = None,
+    precision: PrecisionOption = "fp32",
+    device: DeviceOption = "auto",
+    workers: WorkersOption = 2,
+    out: OutOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """ODinW: COCO AP on each dataset (GLIP's names and prompts) and the average."""
     from rich.table import Table
 
-    from glipkit.evaluation.benchmarks import resolve_odinw, run_odinw
-    from glipkit.evaluation.odinw import ODINW_13, load_dataset_list, select_datasets
+    from glipkit.engine.evaluation.jobs import odinw_datasets, resolve_odinw, run_odinw
+    from glipkit.engine.evaluation.loop import RunSettings
 
-    with user_errors():
-        available = load_dataset_list(dataset_list) if dataset_list is not None else ODINW_13
+    with ProgressDisplay(progress) as display, user_errors(display):
         names = [n.strip() for n in datasets.split(",") if n.strip()] if datasets else None
-        chosen = select_datasets(names, available)
-        settings = _settings(batch_size=batch_size, chunk_size=chunk_size, precision=precision,
-                             max_images=max_images, workers=workers)
+        chosen = odinw_datasets(names, dataset_list)
+        settings = RunSettings(batch_size=batch_size, chunk_size=chunk_size, precision=precision,
+                               max_images=max_images, workers=workers)
         table = _prompt_table(prompt_file)
         resolve_odinw(root, chosen)  # every missing path, before the model loads
         glip = _load(model, tokenizer, device)
-        with _ProgressBar() as bar:
-            result = run_odinw(glip, root, chosen, settings, table, caption_prompts, out,
-                               lambda name, done, total: bar.update(done, total, name),
-                               {"model": model, "tokenizer": tokenizer, "device": device})
+        result = run_odinw(glip, root, chosen, settings, table, caption_prompts, out, display.update,
+                           _meta(model, tokenizer, device))
     summary = Table(title=f"ODinW ({len(result.runs)} datasets)")
     for column in ("dataset", "AP", "AP50", "AP75", "images"):
         summary.add_column(column, justify="left" if column == "dataset" else "right")
@@ -341,8 +308,5 @@ def odinw(
                         str(run.num_images))
     summary.add_row("average", _fmt(result.average_ap), "", "", "", style="bold")
     _console().print(summary)
-    for name, run in result.runs.items():
-        _print_warnings([f"{name}: {w}" for w in run.warnings])
-    _print_warnings(result.warnings)
-    files = dict(result.files)
-    _print_files(files, out)
+    warnings = [f"{name}: {w}" for name, run in result.runs.items() for w in run.warnings]
+    _print_outcome(warnings + result.warnings, result.files, out)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from glipkit.files import read_json
 
 # The 12 numbers of COCOeval.summarize() for boxes, in its order.
 COCO_METRIC_NAMES: tuple[str, ...] = (
@@ -61,15 +62,13 @@ def _quiet_coco(dataset: dict):
     return coco
 
 
-def _read_json(path: PathLike, what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        with path.open("r", encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+def read_coco_json(source: PathLike | Mapping[str, Any], what: str = "COCO annotation file") -> Mapping[str, Any]:
+    """A COCO-style json file (or its dict), checked to have `images` and `categories`; errors name the file."""
+    path = isinstance(source, (str, Path))
+    data = read_json(source, what) if path else source
+    if not isinstance(data, Mapping) or "images" not in data or "categories" not in data:
+        raise ValueError(f"{source if path else '<dict>'}: not a COCO-style {what} (needs 'images' and 'categories')")
+    return data
 
 
 def load_coco_ground_truth(annotations: PathLike | Mapping[str, Any]):
@@ -78,9 +77,7 @@ def load_coco_ground_truth(annotations: PathLike | Mapping[str, Any]):
     Annotations without `iscrowd` get 0 and without `area` get w*h, so generated sets evaluate as COCO does.
     """
     source = str(annotations) if isinstance(annotations, (str, Path)) else "<dict>"
-    data = _read_json(annotations, "COCO annotation file") if isinstance(annotations, (str, Path)) else annotations
-    if not isinstance(data, Mapping) or "images" not in data or "categories" not in data:
-        raise ValueError(f"{source}: not a COCO detection file (needs 'images' and 'categories')")
+    data = read_coco_json(annotations)
     dataset = dict(data)
     anns = []
     for i, ann in enumerate(data.get("annotations", [])):
@@ -102,7 +99,7 @@ def load_detections(detections: PathLike | Iterable[Mapping[str, Any]]) -> list[
     Returns fresh dicts, so callers' records are never modified by pycocotools.
     """
     source = str(detections) if isinstance(detections, (str, Path)) else "<detections>"
-    records = _read_json(detections, "detections file") if isinstance(detections, (str, Path)) else detections
+    records = read_json(detections, "detections file") if isinstance(detections, (str, Path)) else detections
     if isinstance(records, Mapping):
         raise ValueError(f"{source}: expected a list of detections, got a JSON object")
     out = []

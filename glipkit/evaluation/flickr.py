@@ -9,13 +9,14 @@ box is a miss.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from glipkit.files import read_json
 
 Span = tuple[int, int]
 DEFAULT_TOPK: tuple[int, ...] = (1, 5, 10)
@@ -53,12 +54,7 @@ def load_flickr_grounding(ann_file: str | Path, merge_boxes: bool = False) -> li
     merge_boxes=True replaces each phrase's boxes by their enclosing box (the "merged" ground truth).
     """
     path = Path(ann_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"Flickr30K annotation file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    data = read_json(path, "Flickr30K annotation file")
     if not isinstance(data, Mapping) or "images" not in data or "annotations" not in data:
         raise ValueError(f"{path}: not an MDETR grounding file (needs 'images' and 'annotations')")
 

@@ -19,7 +19,6 @@ removed.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +26,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from glipkit.evaluation.coco import read_coco_json
+from glipkit.files import read_json
 
 LVIS_METRIC_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "AR", "ARs", "ARm", "ARl",
@@ -181,19 +183,6 @@ class LvisEvalResult:
         }
 
 
-def _load_json(source: PathLike | Mapping[str, Any] | list, what: str) -> Any:
-    if not isinstance(source, (str, Path)):
-        return source
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        with path.open("r", encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
-
-
 @dataclass
 class _LvisGroundTruth:
     image_ids: np.ndarray  # sorted
@@ -205,9 +194,7 @@ class _LvisGroundTruth:
     boxes: dict[int, dict[str, np.ndarray]]  # category -> image_id, bbox, area, ignore
 
 
-def _parse_ground_truth(data: Any, source: str, image_ids: Sequence[int] | None) -> _LvisGroundTruth:
-    if not isinstance(data, Mapping) or "images" not in data or "categories" not in data:
-        raise ValueError(f"{source}: not an LVIS annotation file (needs 'images' and 'categories')")
+def _parse_ground_truth(data: Mapping[str, Any], source: str, image_ids: Sequence[int] | None) -> _LvisGroundTruth:
     wanted = None if image_ids is None else {int(i) for i in image_ids}
     images: set[int] = set()
     neg: dict[int, list[int]] = defaultdict(list)
@@ -276,7 +263,7 @@ def _collect_detections(
                 raise ValueError(f"detections on {len(bad)} image(s) not in the ground truth, e.g. {bad[:5]}")
             keep[cat] = rows[inside][:topk]
         return keep
-    records = _load_json(detections, "detections file")
+    records = read_json(detections, "detections file") if isinstance(detections, (str, Path)) else detections
     if isinstance(records, Mapping):
         raise ValueError("detections: expected a list of records, got a JSON object")
     records = list(records)
@@ -424,7 +411,7 @@ def evaluate_lvis_fixed_ap(
     detections on images missing from the annotations are an error.
     """
     source = str(ground_truth) if isinstance(ground_truth, (str, Path)) else "<dict>"
-    gt = _parse_ground_truth(_load_json(ground_truth, "LVIS annotation file"), source, image_ids)
+    gt = _parse_ground_truth(read_coco_json(ground_truth, "LVIS annotation file"), source, image_ids)
     known = set(gt.image_ids.tolist())
     per_cat_dets = _collect_detections(detections, known, image_ids is not None, topk_per_category)
     notes: list[str] = []

@@ -9,14 +9,13 @@ Each dataset is a COCO-format split: an annotation file and an image directory, 
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from glipkit.text.prompt_file import ClassPrompt, PromptTable, load_prompt_file, parse_prompts
+from glipkit.text.prompt_file import ClassPrompt, PromptTable, load_prompt_file, parse_prompts, read_json_or_yaml
 
 
 @dataclass(frozen=True)
@@ -214,20 +213,7 @@ def load_dataset_list(path: str | Path) -> list[OdinwDataset]:
     `img_dir` (relative to the root), and optionally `prompt_file` (relative to the list) or inline `prompts`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset list not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write it as JSON") from None
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
+    data = read_json_or_yaml(path, "dataset list")
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of datasets")
     out = []
@@ -244,11 +230,6 @@ def load_dataset_list(path: str | Path) -> list[OdinwDataset]:
             prompts = parse_prompts(entry["prompts"], f"{path}: {entry['name']}")
         out.append(OdinwDataset(str(entry["name"]), str(entry["ann_file"]), str(entry["img_dir"]), None, prompts))
     return out
-
-
-def with_prompts(dataset: OdinwDataset, prompts: PromptTable | None) -> OdinwDataset:
-    """The dataset with its prompt table replaced (e.g. by a user's --prompt-file)."""
-    return replace(dataset, prompts=prompts)
 
 
 def average_ap(per_dataset_ap: Mapping[str, float]) -> float:

@@ -108,34 +108,37 @@ def parse_prompts(data: Any, source: str = "<prompts>") -> PromptTable:
     raise PromptFileError(f"{source}: expected a mapping of class name -> prompt or a list, got {type(data).__name__}")
 
 
-def _load_yaml(text: str, source: str) -> Any:
+def read_json_or_yaml(path: str | Path, what: str, error: type[ValueError] = ValueError) -> Any:
+    """A JSON or YAML file's content (YAML needs PyYAML): by extension; other extensions try JSON, then YAML.
+
+    A missing or unreadable file raises `error` naming the file and `what` it is.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return _load_yaml(text, path, what, error)
     try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if suffix == ".json":
+            raise error(f"{path}: not valid JSON: {e}") from None
+        return _load_yaml(text, path, what, error)
+
+
+def _load_yaml(text: str, path: Path, what: str, error: type[ValueError]) -> Any:
+    try:  # a declared dependency, but a broken environment still gets one clear line
         import yaml
     except ImportError:
-        raise PromptFileError(
-            f"{source}: reading YAML needs PyYAML (pip install pyyaml); or write the prompt file as JSON"
-        ) from None
+        raise error(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the {what} as JSON") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise PromptFileError(f"{source}: not valid YAML: {e}") from None
+        raise error(f"{path}: not valid YAML: {e}") from None
 
 
 def load_prompt_file(path: str | Path) -> PromptTable:
     """Read a JSON or YAML prompt file (by extension; other extensions try JSON, then YAML)."""
-    path = Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise PromptFileError(f"prompt file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        data = _load_yaml(text, source)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            if suffix == ".json":
-                raise PromptFileError(f"{source}: not valid JSON: {e}") from None
-            data = _load_yaml(text, source)
-    return parse_prompts(data, source)
+    return parse_prompts(read_json_or_yaml(path, "prompt file", PromptFileError), str(path))

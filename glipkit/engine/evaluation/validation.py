@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 
-import torch
+from glipkit.engine.evaluation.jobs import run_coco
+from glipkit.engine.evaluation.loop import RunSettings
 
 
-@torch.no_grad()
 def evaluate_coco_set(model, annotations: str | os.PathLike, image_dir: str | os.PathLike,
                       max_images: int | None = None, precision: str = "fp32") -> dict[str, float]:
     """The 12 COCO numbers of `model` (its current weights, in eval mode for the duration) on a COCO json + image
     dir: GLIP's class prompt (§4.3), batch 1 (the official protocol), +1 xywh export (§7.4)."""
-    from glipkit.evaluation.benchmarks import run_coco
-    from glipkit.evaluation.runner import RunSettings
-
     was_training = model.training
     model.eval()
     try:
