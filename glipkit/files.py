@@ -65,6 +65,17 @@ def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
             tmp.unlink(missing_ok=True)
 
 
+def default_file_mode() -> int:
+    """The mode `open()` gives a new file under this process's umask (0o644 under the usual 022); writers that go
+    through `tempfile` (safetensors) create 0o600 files, which `atomic_path(path, mode=...)` corrects."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as status:  # reading it leaves the umask alone
+            return 0o666 & ~int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically."""
     with atomic_path(path) as tmp:

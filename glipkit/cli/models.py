@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 
 from glipkit.cli.app import app
-from glipkit.cli.common import user_errors
+from glipkit.cli.help import GlipkitGroup
+from glipkit.cli.common import require_path, user_errors
 
-models_app = typer.Typer(help="List, download and convert GLIP checkpoints.", no_args_is_help=True)
+models_app = typer.Typer(help="List, download and convert GLIP checkpoints.", no_args_is_help=True, cls=GlipkitGroup)
 app.add_typer(models_app, name="models")
 
 
@@ -46,9 +47,13 @@ def convert(
     output: Path = typer.Argument(..., help="Where to write the glipkit .safetensors."),
 ) -> None:
     """Convert an official checkpoint to a glipkit `.safetensors` (weights only, config in the metadata)."""
-    from glipkit.model.glip import GLIP
-
     with user_errors():
+        from glipkit.engine.checks import check_output_file
+
+        require_path(source, "checkpoint")  # before importing torch (seconds)
+        check_output_file(output, "OUTPUT")
+        from glipkit.model.glip import GLIP
+
         model = GLIP.from_pretrained(source, load_tokenizer_now=False)
         model.save_pretrained(output, {"source": source.name})
     typer.echo(f"wrote {output}")
