@@ -2,10 +2,13 @@
 
 Every `out.*` tensor of `<prefix>_io.safetensors` is compared with the matching glipkit intermediate. Run on another
 fixture of the same format with `pytest tests/test_official_parity.py --glip-fixture PREFIX`.
+`capture`, `intermediate_failures` and `detection_problems` also serve benchmarks/gpu_first_light.py on a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -32,12 +35,27 @@ def _files(prefix: Path) -> tuple[Path, Path, Path]:
     return files
 
 
-@pytest.fixture(scope="module")
-def run(glip_fixture_prefix: Path):
-    """Load the fixture model through the official-checkpoint loader, run it once, capture every intermediate."""
-    weights, io_file, config_file = _files(glip_fixture_prefix)
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if dataclasses.is_dataclass(value):
+        return type(value)(**{f.name: _to_cpu(getattr(value, f.name)) for f in dataclasses.fields(value)})
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
+
+
+def capture(prefix: Path, device: str | torch.device = "cpu", precision: str = "fp32", speed=None) -> dict:
+    """Load the fixture model through the official-checkpoint loader, run it once on `device` (`bf16`: under
+    autocast; `speed`: a SpeedConfig), capture every intermediate; all returned on the CPU."""
+    device = torch.device(device)
+    weights, io_file, config_file = _files(prefix)
     config = from_official_config(json.loads(config_file.read_text()))
-    model = GLIP.from_pretrained(weights, config=config, load_tokenizer_now=False)
+    if speed is not None:
+        config.speed = speed
+    model = GLIP.from_pretrained(weights, config=config, load_tokenizer_now=False, device=device)
     io = load_file(str(io_file))
 
     captured: dict[str, torch.Tensor] = {}
@@ -57,12 +75,13 @@ def run(glip_fixture_prefix: Path):
             if getattr(layer, part, None) is not None:
                 hooks.append(getattr(layer, part).register_forward_hook(keep(f"layer{i}.{part}")))
 
-    images = io["input.images"]
+    images = io["input.images"].to(device)
     image_sizes = [tuple(int(v) for v in hw) for hw in io["input.image_sizes"]]
-    with torch.no_grad():
+    autocast = contextlib.nullcontext() if precision == "fp32" else torch.autocast(device.type, torch.bfloat16)
+    with torch.no_grad(), autocast:
         stages = model.backbone(images)
         features = model.fpn(stages[1:])
-        language = model.encode_text(io["input.input_ids"], io["input.attention_mask"])
+        language = model.encode_text(io["input.input_ids"].to(device), io["input.attention_mask"].to(device))
         outputs = model.fuse_and_predict(features, language)
         cls_logits = [model.head.cls_logits(f) for f in outputs.tower_features]
         positive_maps = [io[f"input.positive_map.img{b}"] for b in range(images.shape[0])]
@@ -70,8 +89,13 @@ def run(glip_fixture_prefix: Path):
         anchors = model.anchors(features)
     for hook in hooks:
         hook.remove()
-    return dict(io=io, stages=stages, features=features, language=language, outputs=outputs, cls_logits=cls_logits,
-                detections=detections, anchors=anchors, captured=captured)
+    return _to_cpu(dict(io=io, stages=stages, features=features, language=language, outputs=outputs,
+                        cls_logits=cls_logits, detections=detections, anchors=anchors, captured=captured))
+
+
+@pytest.fixture(scope="module")
+def run(glip_fixture_prefix: Path):
+    return capture(glip_fixture_prefix)
 
 
 def _tensor_for(name: str, r: dict) -> torch.Tensor:
@@ -128,7 +152,8 @@ def test_every_tensor_of_the_fixture_has_a_glipkit_counterpart(run):
     assert not unmapped, f"fixture tensors with no glipkit counterpart: {unmapped}"
 
 
-def test_intermediate_tensors_match_official(run):
+def intermediate_failures(run: dict) -> tuple[list[str], int]:
+    """The fixture tensors that `run` does not match within the tolerances, and how many were compared."""
     io = run["io"]
     detection_prefixes = tuple(n + "." for n in _detection_names(io))
     failures, compared = [], 0
@@ -145,6 +170,11 @@ def test_intermediate_tensors_match_official(run):
         if not (error <= ABS_TOL or error <= REL_TOL * scale):
             failures.append(f"{name}: max abs error {error:.3g} (official max |x| {scale:.3g})")
         compared += 1
+    return failures, compared
+
+
+def test_intermediate_tensors_match_official(run):
+    failures, compared = intermediate_failures(run)
     assert compared > 0
     assert not failures, "tensors differing from the official code:\n" + "\n".join(failures)
 
@@ -170,16 +200,21 @@ def _match_sets(name: str, boxes, scores, labels, ref_boxes, ref_scores, ref_lab
     return problems
 
 
-def test_detections_and_candidates_match_official_as_sets(run):
+def detection_problems(run: dict) -> list[str]:
+    """How `run`'s detections and NMS candidates differ from the fixture's, as sets within the tolerances."""
     io = run["io"]
     problems = []
-    names = _detection_names(io)
-    assert names, "fixture has no out.det / out.prenms tensors"
-    for name in names:
+    for name in _detection_names(io):
         kind, image = name.split(".")[1], int(name.split(".")[2][3:])
         det = run["detections"][image]
         ours = det if kind == "det" else det.candidates
         # glipkit labels are 0-based phrase indices; the official ones are 1-based.
         problems += _match_sets(name, ours.boxes, ours.scores, ours.labels + 1,
                                 io[f"{name}.boxes"], io[f"{name}.scores"], io[f"{name}.labels"])
+    return problems
+
+
+def test_detections_and_candidates_match_official_as_sets(run):
+    assert _detection_names(run["io"]), "fixture has no out.det / out.prenms tensors"
+    problems = detection_problems(run)
     assert not problems, "\n".join(problems)

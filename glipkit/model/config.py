@@ -90,14 +90,31 @@ class InputConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """Execution levers: same parameters and function, other kernels (tolerances in tests/test_speed_levers.py).
+
+    All off by default; the official code's numbers are the defaults' (tests/test_official_parity.py).
+    """
+
+    bert_attention: str = "eager"  # "sdpa": transformers' scaled_dot_product_attention for the BERT backbone
+    swin_sdpa: bool = False  # Swin window attention through scaled_dot_product_attention (timm's fused path)
+    # X-MHA and the in-head BERT attention through scaled_dot_product_attention whenever the official ±50000 score
+    # clamp provably cannot bite (|q||k| bound, checked per call); the exact path otherwise (§5.2, §5.3).
+    fusion_sdpa: bool = False
+    channels_last: bool = False  # FPN and head convolutions in channels-last memory format
+    compile_fusion: str | None = None  # a torch.compile backend ("inductor") for each fusion tower layer
+
+
+@dataclass
 class GLIPConfig:
-    """A whole GLIP model: backbone, text encoder, fusion head, post-processing, preprocessing."""
+    """A whole GLIP model: backbone, text encoder, fusion head, post-processing, preprocessing, speed levers."""
 
     swin: SwinConfig = field(default_factory=SwinConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -14,12 +14,25 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import deform_conv2d
 
-from glipkit.model.config import GLIPConfig, LanguageConfig
+from glipkit.model.config import GLIPConfig, LanguageConfig, SpeedConfig
 
 # §5.2, §5.3, §6.3: the official code clamps scores and activations to this range (fp16 safety).
 CLAMP_VALUE = 50000.0
 # §5.2: text->image attention adds -9e15 at padded tokens (and +1, a no-op shift, at real ones).
 _FUSION_MASK_VALUE = -9e15
+
+
+def clamp_cannot_bite(query: Tensor, key: Tensor, scale: float = 1.0) -> bool:
+    """True when no score `scale * q.k` of these (..., N, d) queries and keys can reach half of CLAMP_VALUE.
+
+    Cauchy-Schwarz: |q.k| <= |q| |k|, so the largest |score| is at most scale * max|q| * max|k| per batch and head.
+    Below CLAMP_VALUE the official clamps (§5.2 steps 3-4, §5.3 step 3) are the identity; the factor 2 covers the
+    rounding of low-precision scores and makes X-MHA's second clamp (row max minus score) the identity too. One
+    device-to-host sync per call.
+    """
+    q_norm = query.detach().float().norm(dim=-1).amax(dim=-1)
+    k_norm = key.detach().float().norm(dim=-1).amax(dim=-1)
+    return bool((q_norm * k_norm).amax() * scale < CLAMP_VALUE / 2)
 
 
 def h_sigmoid(x: Tensor) -> Tensor:
@@ -51,6 +64,7 @@ class BiMultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.scale = self.head_dim ** -0.5
+        self.use_sdpa = False  # SpeedConfig.fusion_sdpa
         self.dropout = dropout
         self.v_proj = nn.Linear(visual_dim, embed_dim)
         self.l_proj = nn.Linear(lang_dim, embed_dim)
@@ -82,6 +96,8 @@ class BiMultiHeadAttention(nn.Module):
         key = self._heads(self.l_proj(lang))
         value_v = self._heads(self.values_v_proj(visual))
         value_l = self._heads(self.values_l_proj(lang))
+        if self.use_sdpa and clamp_cannot_bite(query, key):
+            return self._fused(query, key, value_v, value_l, mask, batch)
 
         scores = torch.bmm(query, key.transpose(1, 2))  # (B*h, Nv, L)
         scores = scores.clamp(-CLAMP_VALUE, CLAMP_VALUE)  # §5.2 step 3
@@ -104,6 +120,22 @@ class BiMultiHeadAttention(nn.Module):
         out_l = self._merge(torch.bmm(probs_l, value_v), batch)
         return self.out_v_proj(out_v), self.out_l_proj(out_l)
 
+    def _fused(self, query: Tensor, key: Tensor, value_v: Tensor, value_l: Tensor, mask: Tensor | None,
+               batch: int) -> tuple[Tensor, Tensor]:
+        """`forward` by scaled_dot_product_attention, exact when `clamp_cannot_bite`: both clamps are then the
+        identity and softmax ignores the image->text row-max shift; the query already carries the 1/sqrt(d)."""
+        q, k, v_v, v_l = (t.view(batch, self.num_heads, -1, self.head_dim) for t in (query, key, value_v, value_l))
+        additive = None
+        if mask is not None:
+            additive = torch.where(mask == 0, _FUSION_MASK_VALUE, mask.to(torch.float32))
+            additive = additive[:, None, None, :].to(q.dtype)
+        dropout = self.dropout if self.training else 0.0
+        out_v = F.scaled_dot_product_attention(q, k, v_l, attn_mask=additive, dropout_p=dropout, scale=1.0)
+        out_l = F.scaled_dot_product_attention(k, q, v_v, dropout_p=dropout, scale=1.0)
+        out_v = out_v.transpose(1, 2).reshape(batch, -1, self.embed_dim)
+        out_l = out_l.transpose(1, 2).reshape(batch, -1, self.embed_dim)
+        return self.out_v_proj(out_v), self.out_l_proj(out_l)
+
 
 class BiAttentionBlock(nn.Module):
     """X-MHA over all pyramid levels at once, with layer scale; official `VLFuse.b_attn` (§5.2)."""
@@ -116,18 +148,27 @@ class BiAttentionBlock(nn.Module):
         self.attn = BiMultiHeadAttention(visual_dim, lang_dim, embed_dim, num_heads, dropout)
         self.gamma_v = nn.Parameter(torch.full((visual_dim,), init_gamma))
         self.gamma_l = nn.Parameter(torch.full((lang_dim,), init_gamma))
+        self.channels_last = False  # SpeedConfig.channels_last: levels come and go in channels-last memory format
 
     def forward(self, visual: list[Tensor], hidden: Tensor, mask: Tensor) -> tuple[list[Tensor], Tensor]:
         """visual: NCHW per level; hidden (B, L, D); mask (B, L) -> (updated levels, updated hidden)."""
         # §5.2: levels flattened row-major and concatenated P3 first into one visual sequence.
         sizes = [f.shape[-2:] for f in visual]
-        tokens = torch.cat([f.flatten(2).transpose(1, 2) for f in visual], dim=1)
+        if self.channels_last:  # the same tokens, read without a copy from channels-last levels
+            tokens = torch.cat([f.permute(0, 2, 3, 1).flatten(1, 2) for f in visual], dim=1)
+        else:
+            tokens = torch.cat([f.flatten(2).transpose(1, 2) for f in visual], dim=1)
         v = self.layer_norm_v(tokens)
         lang = self.layer_norm_l(hidden)
         delta_v, delta_l = self.attn(v, lang, mask)
         # §5.2 step 7 (quirk): the residual carries the normalised inputs, not the raw ones.
         v = v + self.gamma_v * delta_v
         lang = lang + self.gamma_l * delta_l
+        if self.channels_last:
+            levels = v.split([h * w for h, w in sizes], dim=1)
+            out = [level.reshape(level.shape[0], h, w, level.shape[2]).permute(0, 3, 1, 2)
+                   .contiguous(memory_format=torch.channels_last) for level, (h, w) in zip(levels, sizes)]
+            return out, lang
         # Contiguous NCHW like the official code (a channels-last view changes the convs' summation order).
         v = v.transpose(1, 2).contiguous()
         levels = v.split([h * w for h, w in sizes], dim=2)
@@ -152,6 +193,7 @@ class _BertSelfAttention(nn.Module):
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout = nn.Dropout(cfg.attention_probs_dropout_prob)
+        self.use_sdpa = False  # SpeedConfig.fusion_sdpa
 
     def _heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
@@ -159,6 +201,12 @@ class _BertSelfAttention(nn.Module):
 
     def forward(self, hidden: Tensor, additive_mask: Tensor) -> Tensor:
         q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
+        if self.use_sdpa and clamp_cannot_bite(q, k, 1.0 / math.sqrt(self.head_dim)):
+            # The additive mask is 0 or finfo.min, i.e. a key-padding mask (every prompt has real tokens).
+            keep = additive_mask == 0
+            dropout = self.dropout.p if self.training else 0.0
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout).transpose(1, 2)
+            return context.reshape(context.shape[0], context.shape[1], -1)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
         scores = scores.clamp(-CLAMP_VALUE, CLAMP_VALUE)  # §5.3: clamped BEFORE the mask is added
         probs = self.dropout((scores + additive_mask).softmax(dim=-1)).to(v.dtype)
@@ -392,6 +440,16 @@ class TowerLayer(nn.Module):
             if with_language_layer:
                 self.language_layer = FusionBertLayer(cfg.language)
         self.dyconv = DyConv(head.channels, head.group_norm_groups)
+        self.set_speed(cfg.speed)
+
+    def set_speed(self, speed: SpeedConfig) -> None:
+        """Switch the fusion levers of `speed`: SDPA attention and channels-last levels (compile: GLIP.set_speed)."""
+        if self.fusion is not None:
+            self.fusion.attn.use_sdpa = speed.fusion_sdpa
+            self.fusion.channels_last = speed.channels_last
+        if self.language_layer is not None:
+            self.language_layer.attention.self.use_sdpa = speed.fusion_sdpa
+        self.to(memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
 
     def forward(self, visual: list[Tensor], hidden: Tensor, mask: Tensor) -> tuple[list[Tensor], Tensor]:
         """visual: NCHW per level; hidden (B, L, D); mask (B, L) -> (visual, hidden) after this layer."""

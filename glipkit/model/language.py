@@ -23,8 +23,12 @@ class LanguageFeatures:
     mask: Tensor
 
 
-def bert_config(cfg: LanguageConfig):
-    """A transformers `BertConfig` with the sizes of `cfg` and eager attention (what GLIP was written against)."""
+BERT_ATTENTION = ("eager", "sdpa")
+
+
+def bert_config(cfg: LanguageConfig, attention: str = "eager"):
+    """A transformers `BertConfig` with the sizes of `cfg`; `eager` attention is what GLIP was written against,
+    `sdpa` (torch's scaled_dot_product_attention) computes the same function with fused kernels."""
     from transformers import BertConfig
 
     config = BertConfig(
@@ -40,18 +44,29 @@ def bert_config(cfg: LanguageConfig):
         hidden_dropout_prob=cfg.hidden_dropout_prob,
         attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
     )
-    config._attn_implementation = "eager"
+    config._attn_implementation = _checked(attention)
     return config
+
+
+def _checked(attention: str) -> str:
+    if attention not in BERT_ATTENTION:
+        raise ValueError(f"BERT attention must be one of {', '.join(BERT_ATTENTION)}, not {attention!r}")
+    return attention
 
 
 class LanguageBackbone(nn.Module):
     """BertModel without pooler; features are the last hidden state (N_LAYERS = 1, §4.1)."""
 
-    def __init__(self, cfg: LanguageConfig) -> None:
+    def __init__(self, cfg: LanguageConfig, attention: str = "eager") -> None:
         super().__init__()
         from transformers import BertModel
 
-        self.bert = BertModel(bert_config(cfg), add_pooling_layer=False)
+        self.bert = BertModel(bert_config(cfg, attention), add_pooling_layer=False)
+
+    def set_attention(self, attention: str) -> None:
+        """Switch BERT's attention kernels (`eager` or `sdpa`); the weights stay."""
+        if self.bert.config._attn_implementation != _checked(attention):
+            self.bert.set_attn_implementation(attention)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> LanguageFeatures:
         # §4.2: token_type_ids are not passed (all zero).

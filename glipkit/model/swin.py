@@ -121,6 +121,16 @@ class SwinBackbone(nn.Module):
         # §2.2: `norm0` is Identity for the RETINANET conv body; norm1..3 normalise stages 3..5.
         self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in cfg.stage_channels[1:])
         self.frozen_at = -1
+        self.channels_last = False
+        self.set_speed(fused_attention=False, channels_last=False)
+
+    def set_speed(self, fused_attention: bool, channels_last: bool) -> None:
+        """Window attention through scaled_dot_product_attention (timm's `fused_attn` path; Swin has no clamp to
+        keep) or explicit matmul-softmax; outputs as channels-last views of Swin's NHWC tokens or contiguous NCHW."""
+        for stage in self.swin.layers:
+            for block in stage.blocks:
+                block.attn.fused_attn = fused_attention
+        self.channels_last = channels_last
 
     def freeze(self, frozen_at: int) -> None:
         """Freeze like GLIP's `BACKBONE.FREEZE_CONV_BODY_AT` (§2.1): -1 nothing, >= 0 the patch embedding,
@@ -167,7 +177,9 @@ class SwinBackbone(nn.Module):
             # timm merges patches at the start of stages 1..3, so each output is GLIP's pre-merge `x_out` (§2.5).
             x = stage(x)
             stage_outputs.append(x)
-        features = [stage_outputs[0].permute(0, 3, 1, 2).contiguous()]
+        # Swin's tokens are NHWC: the permuted view is already channels-last, contiguous NCHW needs a copy.
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        features = [stage_outputs[0].permute(0, 3, 1, 2).contiguous(memory_format=layout)]
         for norm, out in zip(self.out_norms, stage_outputs[1:]):
-            features.append(norm(out).permute(0, 3, 1, 2).contiguous())
+            features.append(norm(out).permute(0, 3, 1, 2).contiguous(memory_format=layout))
         return features
