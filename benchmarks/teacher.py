@@ -80,11 +80,13 @@ def official_loop(model, shards, phrases_dir: Path, device, limit: int | None = 
     return count
 
 
-def engine_run(model, shards, phrases_dir: Path, out: Path, workers: int | None, batch_size: int | None = None) -> int:
+def engine_run(model, shards, phrases_dir: Path, out: Path, workers: int | None, batch_size: int | None = None,
+               **options) -> int:
+    """Images labelled by `run_pseudo_label`; `options` are further PseudoLabelSettings (precision, speed, ...)."""
     from glipkit.engine.labelling.pseudo_label import PseudoLabelSettings, run_pseudo_label
 
     settings = PseudoLabelSettings(phrases_dir=phrases_dir, workers=workers, batch_size=batch_size, overwrite=True,
-                                   stats_interval_s=1e9)
+                                   stats_interval_s=1e9, **options)
     report = run_pseudo_label(shards, out, model, settings)
     return report.read
 

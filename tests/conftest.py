@@ -58,3 +58,46 @@ def tiny_tokenizer(tiny_tokenizer_dir: Path):
     tok = BertTokenizerFast.from_pretrained(str(tiny_tokenizer_dir))
     assert tok.convert_tokens_to_ids("dog") != tok.unk_token_id
     return tok
+
+
+@pytest.fixture(scope="session")
+def confident_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    """preset:glip-tiny-test saved as a glipkit .safetensors with prior bias 0, so that its random scores pass
+    GLIP's 0.05 candidate cut."""
+    from glipkit.engine.runtime import load_model
+
+    model = load_model("preset:glip-tiny-test", str(tiny_tokenizer_dir), "cpu")
+    model.head.bias0.data.fill_(0.0)
+    return model.save_pretrained(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+
+
+@pytest.fixture()
+def moto_s3(monkeypatch):
+    """A moto S3 server on 127.0.0.1 (server mode, as s3fs tests itself) with an empty bucket `bucket`; yields an
+    s3fs filesystem pointed at it and the environment that points worker processes and subprocesses at it."""
+    pytest.importorskip("s3fs")
+    import urllib.request
+
+    import fsspec
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    # moto keeps its buckets in process-wide state that outlives a server: start every test from none.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10).close()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "FSSPEC_S3_ENDPOINT_URL": endpoint}  # FSSPEC_S3_*: how worker processes find the endpoint
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True)
+    fs.mkdir("bucket")
+    try:
+        yield fs, env
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()

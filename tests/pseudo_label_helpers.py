@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import torch
 
 from glipkit.data.shards import iter_samples
+from glipkit.data.tables import LABELS_SUFFIX
 from glipkit.model.config import glip_tiny_test
 from glipkit.model.glip import GLIP
 
@@ -30,7 +31,8 @@ def shard_keys(shards) -> list[str]:
 
 
 def label_tables(out_dir: Path) -> list[Path]:
-    return sorted(p for p in Path(out_dir).glob("*.parquet") if not p.name.startswith((".", "_")))
+    """The `<shard>.labels.parquet` tables of a pseudo-label output folder."""
+    return sorted(p for p in Path(out_dir).glob(f"*{LABELS_SUFFIX}") if not p.name.startswith((".", "_")))
 
 
 def read_rows(out_dir: Path) -> list[dict]:

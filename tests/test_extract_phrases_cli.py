@@ -128,7 +128,7 @@ def test_bad_input_in_one_run(tmp_path: Path, runner: CliRunner) -> None:
     out = tmp_path / "out"
 
     result = invoke(runner, "--shards", str(shards), "--out", str(out), "--workers", "1", "--spacy-model", MODEL)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # a damaged and an unreadable shard: listed, exit code 1
     assert "1 damaged" in result.output and "1 unreadable" in result.output and "0 failed" in result.output
 
     rows = _rows(out / "00000.phrases.parquet")

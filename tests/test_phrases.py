@@ -130,6 +130,25 @@ def test_spacy_drops_pronoun_and_stop_word_chunks() -> None:
     assert [p.text for p in results[3]] == ["a dog"]
 
 
+@pytest.mark.parametrize("extractor", EXTRACTORS)
+def test_emoji_are_never_grounded(extractor: str) -> None:
+    """Web captions as they are: a phrase of only emoji / symbols (or emoji and stop words) is dropped, and emoji
+    at a phrase's ends are trimmed from its span."""
+    captions = ["🚀", "that 😂", "a rocket 🚀 launch and that 😂 🚀", "my dog 🐶🐶 on the beach 🏖️ today ❤️",
+                "👍🏽 ✨ ©", "I love 🍕 pizza"]
+    results = extract_phrases(captions, extractor, spacy_model=MODEL)
+    assert results[0] == [] and results[1] == [] and results[4] == []
+    for caption, phrases in zip(captions, results):
+        for p in phrases:
+            assert caption[p.start : p.end] == p.text
+            assert re.search(r"\w", p.text)
+            if extractor != "glip-regex":  # which keeps the GLIP demo grammar's spans exactly
+                assert not re.search(r"[\U0001F300-\U0001FAFF\u2600-\u27BF\uFE0F]", p.text[0] + p.text[-1])
+            assert p.text.lower() not in {"that", "a", "the"}
+    assert "rocket" in " ".join(p.text for p in results[2]) and "pizza" in " ".join(p.text for p in results[5])
+    assert "dog" in " ".join(p.text for p in results[3])
+
+
 def test_strip_determiners_moves_start() -> None:
     caption = "The red car and the blue bus"
     for extractor in ("spacy", "glip-regex"):

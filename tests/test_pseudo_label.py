@@ -82,7 +82,7 @@ def test_cli_labels_every_sample_exactly_once(tmp_path, teacher_file, tiny_token
     result = invoke(*common, "--workers", "2")  # phrases extracted with spaCy inside the 2 workers
     assert result.exit_code == 0, result.output
     tables = label_tables(out)
-    assert [t.name for t in tables] == ["00000.parquet", "00001.parquet", "00002.parquet"]
+    assert [t.name for t in tables] == ["00000.labels.parquet", "00001.labels.parquet", "00002.labels.parquet"]
     rows = read_rows(out)
     keys = shard_keys(shards)
     assert sorted(r["key"] for r in rows) == sorted(keys) and len(set(keys)) == 15
@@ -140,7 +140,7 @@ def test_resume_after_sigkill_gives_the_rows_of_an_uninterrupted_run(tmp_path, t
     finished = label_tables(out)
     assert 2 <= len(finished) < 8, output  # killed part-way
     for table in finished:  # every table with a final name is complete and right
-        _same_rows(pq.read_table(table).to_pylist(), [r for r in reference if r["shard"].endswith(table.stem + ".tar")])
+        _same_rows(pq.read_table(table).to_pylist(), [r for r in reference if r["shard"].endswith(table.name.split(".")[0] + ".tar")])
 
     result = invoke("--shards", str(tmp_path / "shards"), "--out", str(out), "--model", str(teacher_file),
                     "--tokenizer", str(tiny_tokenizer_dir), "--phrases", str(phrases), "--preset", "none",

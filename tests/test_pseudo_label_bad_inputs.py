@@ -150,5 +150,5 @@ def test_job_finishes_and_reports_every_bad_sample(tmp_path, tiny_tokenizer):
     assert partial["status"] == "partial" and partial["written"] == 1 and partial["failed_keys"][0]["key"] == "101"
     assert stats["shards"]["00002"]["status"] == "unreadable" and stats["shards"]["00002"]["output"] is None
     assert stats["totals"]["failed"] == 7 and stats["totals"]["phrases_beyond_token_limit"] == len(beyond)
-    assert not (tmp_path / "out" / "00002.parquet").exists()
+    assert not (tmp_path / "out" / "00002.labels.parquet").exists()
     assert torch.get_num_threads() >= 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 from glipkit.data.shards import (
@@ -21,11 +20,13 @@ from glipkit.data.shards import (
     CaptionError,
     PathKind,
     ShardReadError,
+    ShardSource,
     expand_paths,
-    is_shard_path,
     iter_samples,
     sample_caption,
+    source_name,
 )
+from glipkit.data.streams import is_pipe, local_path, open_stream
 from glipkit.errors import GlipkitUsageError
 
 CAPTION_FILE_SUFFIXES = (".jsonl", ".parquet", ".txt")
@@ -42,10 +43,10 @@ class CaptionRecord:
 
 
 def is_caption_file(path: str | os.PathLike) -> bool:
-    return str(path).lower().endswith(CAPTION_FILE_SUFFIXES)
+    return not is_pipe(path) and source_name(path).lower().endswith(CAPTION_FILE_SUFFIXES)
 
 
-def expand_caption_files(spec: str | os.PathLike) -> list[Path]:
+def expand_caption_files(spec: str | os.PathLike) -> list[ShardSource]:
     """Caption files named by a path spec (`--captions`, see data/shards.expand_paths); a missing file or one of
     an unknown type is a usage error."""
     paths = expand_paths(spec, CAPTION_FILES)
@@ -56,24 +57,23 @@ def expand_caption_files(spec: str | os.PathLike) -> list[Path]:
 
 
 def iter_caption_records(path: str | os.PathLike) -> Iterator[CaptionRecord]:
-    """Caption records of a tar shard (images are not read) or a caption file, in file order.
+    """Caption records of a caption file (by its suffix) or else a tar shard (images are not read), in file
+    order; local or a URL.
 
     A damaged input raises ShardReadError after the records before the damage were yielded.
     """
-    path = Path(path)
-    if is_shard_path(path):
+    name = source_name(path).lower()
+    if not is_caption_file(path):
         yield from _shard_records(path)
-    elif str(path).lower().endswith(".jsonl"):
+    elif name.endswith(".jsonl"):
         yield from _jsonl_records(path)
-    elif str(path).lower().endswith(".parquet"):
+    elif name.endswith(".parquet"):
         yield from _parquet_records(path)
-    elif str(path).lower().endswith(".txt"):
-        yield from _txt_records(path)
     else:
-        raise ShardReadError(path, "unknown input type (expected a .tar shard, .jsonl, .parquet or .txt)")
+        yield from _txt_records(path)
 
 
-def _shard_records(path: Path) -> Iterator[CaptionRecord]:
+def _shard_records(path: str | os.PathLike) -> Iterator[CaptionRecord]:
     for sample in iter_samples(path, with_images=False, extensions=("txt", "json")):
         try:
             yield CaptionRecord(sample.key, sample_caption(sample))
@@ -94,9 +94,9 @@ def _checked(key: str, caption: object) -> CaptionRecord:
     return CaptionRecord(key, caption)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
     try:
-        handle = open(path, "rb")
+        handle = open_stream(path)
     except OSError as e:
         raise ShardReadError(path, f"cannot open: {e.strerror or e}") from None
     with handle:
@@ -107,7 +107,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
             raise ShardReadError(path, f"read error: {e}") from None
 
 
-def _jsonl_records(path: Path) -> Iterator[CaptionRecord]:
+def _jsonl_records(path: str | os.PathLike) -> Iterator[CaptionRecord]:
     for number, line in _lines(path):
         default_key = f"{number:09d}"
         if not line.strip():
@@ -127,7 +127,7 @@ def _jsonl_records(path: Path) -> Iterator[CaptionRecord]:
         yield _checked(str(key) if key is not None else default_key, obj.get("caption"))
 
 
-def _txt_records(path: Path) -> Iterator[CaptionRecord]:
+def _txt_records(path: str | os.PathLike) -> Iterator[CaptionRecord]:
     for number, line in _lines(path):
         key = f"{number:09d}"
         try:
@@ -136,12 +136,18 @@ def _txt_records(path: Path) -> Iterator[CaptionRecord]:
             yield CaptionRecord(key, None, CAPTION_NOT_UTF8)
 
 
-def _parquet_records(path: Path) -> Iterator[CaptionRecord]:
+def _parquet_records(path: str | os.PathLike) -> Iterator[CaptionRecord]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    local = local_path(path)
     try:
-        parquet = pq.ParquetFile(path)
+        if local is None:
+            import fsspec
+
+            parquet = pq.ParquetFile(fsspec.open(str(path), "rb").open())  # Parquet needs a seekable file
+        else:
+            parquet = pq.ParquetFile(local)
     except (OSError, pa.ArrowException) as e:
         raise ShardReadError(path, f"not a readable Parquet file: {e}") from None
     names = parquet.schema_arrow.names

@@ -44,9 +44,13 @@ def set_pil_pixel_limit(max_pixels: int) -> None:
 
 
 def find_image_member(files: dict[str, bytes]) -> tuple[str, bytes] | None:
-    """The (extension, bytes) of a sample's image member (jpg, png, webp, ...), or None."""
+    """The (extension, bytes) of a sample's image member (jpg, png, webp, ...), or None. As webdataset's
+    decoder does, a member is an image by its last extension (`input.jpg`, `001.png`), plain extensions first."""
     for ext in IMAGE_EXTENSIONS:
         if ext in files:
+            return ext, files[ext]
+    for ext in sorted(files):
+        if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
             return ext, files[ext]
     return None
 

@@ -23,8 +23,8 @@ import torch
 from glipkit.data.detection_prompt import DetectionPromptBuilder, DetectionPromptConfig, prompted_example
 from glipkit.data.grounding_example import BadSample, GroundingExample, clean_boxes, decode_example_image
 from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS, find_image_member
-from glipkit.data.shards import ShardReadError, expand_shards, iter_samples, shard_stem
-from glipkit.data.tables import LABELS_SUFFIX, PHRASES_SUFFIX, iter_rows, top_boxes
+from glipkit.data.shards import ShardReadError, expand_shards, iter_samples, locate_shard, shard_stem
+from glipkit.data.tables import iter_rows, label_table_paths, top_boxes
 from glipkit.model.boxes import batched_nms
 from glipkit.model.prompts import Span
 
@@ -63,7 +63,7 @@ class PseudoShard:
     """A labels table, the shard it labels, and how many of its images pass the filters."""
 
     table: Path
-    shard: Path
+    shard: str  # a path, URL or pipe: (data/shards.locate_shard)
     kept: int
     rows: int
 
@@ -94,27 +94,9 @@ def filter_row(row: dict, flt: PseudoFilter) -> PseudoAnnotation | None:
 
 
 def label_tables(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """The label Parquet files of a directory (its `*.parquet`, not `*.phrases.parquet`), a glob or a list."""
-    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
-    tables: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.name.endswith(LABELS_SUFFIX)
-                           and not p.name.endswith(PHRASES_SUFFIX) and not p.name.startswith((".", "_")))
-            if not found:
-                raise FileNotFoundError(f"no pseudo-label tables (*.parquet) in {path}")
-            tables.extend(found)
-        elif path.is_file():
-            tables.append(path)
-        else:
-            import glob
-
-            matches = sorted(Path(p) for p in glob.glob(str(item)))
-            if not matches:
-                raise FileNotFoundError(f"pseudo-label tables not found: {item}")
-            tables.extend(matches)
-    return tables
+    """The label tables of a directory (its `*.labels.parquet`; tables of an older glipkit named `<shard>.parquet`
+    when it has none), a glob or a list (data/tables.label_table_paths)."""
+    return label_table_paths(spec)
 
 
 class PseudoLabelSource:
@@ -172,7 +154,7 @@ class PseudoLabelSource:
             self.rows += rows
             if rows == 0:
                 continue
-            shard = self._resolve_shard(table, shard_value, by_stem)
+            shard = locate_shard(table, shard_value, by_stem)
             self.shards.append(PseudoShard(table, shard, kept, rows))
         self.count = sum(s.kept for s in self.shards)
         if self.count == 0:
@@ -184,19 +166,6 @@ class PseudoLabelSource:
         self.vocabulary_ids = ids
         self.prompts = DetectionPromptBuilder(dict(enumerate(self.vocabulary)), tokenizer, prompt_cfg) \
             if self.prompt_mode == "classes" else None
-
-    @staticmethod
-    def _resolve_shard(table: Path, value: str | None, by_stem: dict[str, Path] | None) -> Path:
-        stem = shard_stem(value) if value else table.name[: -len(LABELS_SUFFIX)]
-        if by_stem is not None:
-            if stem not in by_stem:
-                raise FileNotFoundError(f"{table}: its shard '{value or stem}' is not among the given shards")
-            return by_stem[stem]
-        for candidate in ([Path(value), table.parent / value] if value else []):
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(f"{table}: cannot find its shard '{value or stem}'; pass the shards' location "
-                                "(--pseudo-shards)")
 
     def __len__(self) -> int:
         return self.count

@@ -8,10 +8,11 @@ Every table file is written under a hidden temporary name in its final directory
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -59,7 +60,8 @@ META_COMMAND = b"glipkit.command"
 META_SETTINGS = b"glipkit.settings"
 
 PHRASES_SUFFIX = ".phrases.parquet"
-LABELS_SUFFIX = ".parquet"
+LABELS_SUFFIX = ".labels.parquet"  # never `<shard>.parquet`: img2dataset writes that name beside its tars
+LEGACY_LABELS_SUFFIX = ".parquet"  # what glipkit before 0.2 named label tables
 
 
 def phrases_table(
@@ -120,8 +122,10 @@ class AtomicParquetWriter:
         *,
         row_group_size: int = 8192,
         compression: str = "zstd",
+        atomic: Callable[[Path], ContextManager[Path]] | None = None,
     ):
         self.path = Path(path)
+        self.atomic = atomic or atomic_path  # path -> context yielding the local file to write (e.g. an upload)
         self.schema = schema.with_metadata(table_metadata(command, settings))
         self.row_group_size = row_group_size
         self.compression = compression
@@ -134,7 +138,7 @@ class AtomicParquetWriter:
 
     def __enter__(self) -> "AtomicParquetWriter":
         self._stack = contextlib.ExitStack()
-        self._tmp = self._stack.enter_context(atomic_path(self.path))
+        self._tmp = self._stack.enter_context(self.atomic(self.path))
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression)
         return self
 
@@ -179,9 +183,11 @@ def write_table(
     schema: pa.Schema,
     command: str,
     settings: Mapping[str, Any],
+    atomic: Callable[[Path], ContextManager[Path]] | None = None,
 ) -> Path:
-    """Write rows (dicts or an Arrow table) as one Parquet file, atomically; returns the path."""
-    with AtomicParquetWriter(path, schema, command, settings) as writer:
+    """Write rows (dicts or an Arrow table) as one Parquet file, atomically (`atomic`: see AtomicParquetWriter);
+    returns the path."""
+    with AtomicParquetWriter(path, schema, command, settings, atomic=atomic) as writer:
         if isinstance(rows, pa.Table):
             writer.write_table(rows)
         else:
@@ -199,6 +205,41 @@ def iter_rows(path: str | os.PathLike, columns: Sequence[str] | None = None, bat
     parquet = pq.ParquetFile(path)
     for batch in parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None):
         yield from batch.to_pylist()
+
+
+LABEL_COMMANDS = ("pseudo-label", "predict")  # commands whose tables hold boxes (LABELS_SCHEMA)
+
+
+def label_table_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The label tables a spec names: a file, a glob, a list, or a directory's `*.labels.parquet` (else its
+    `*.parquet` whose metadata says pseudo-label or predict wrote them). FileNotFoundError when none."""
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    tables: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            visible = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+            found = [p for p in visible if p.name.endswith(LABELS_SUFFIX)] or [
+                p for p in visible if p.name.endswith(".parquet") and not p.name.endswith(PHRASES_SUFFIX)
+                and _written_by(p, LABEL_COMMANDS)]
+            if not found:
+                raise FileNotFoundError(f"no label tables (*.labels.parquet) in {path}")
+            tables.extend(found)
+        elif path.is_file():
+            tables.append(path)
+        else:
+            matches = sorted(Path(p) for p in glob.glob(str(item)) if Path(p).is_file())
+            if not matches:
+                raise FileNotFoundError(f"label tables not found: {item}")
+            tables.extend(matches)
+    return list(dict.fromkeys(tables))
+
+
+def _written_by(path: Path, commands: Sequence[str]) -> bool:
+    try:
+        return read_metadata(path)["command"] in commands
+    except (OSError, pa.ArrowException, ValueError):
+        return False
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from glipkit.data.shards import iter_samples, shard_stem
+from glipkit.data.shards import iter_samples, shard_stem, shard_url
 from glipkit.data.tables import PHRASES_SCHEMA, PHRASES_SUFFIX, write_table
 from glipkit.demo.samples import CATEGORIES, SHAPES, make_samples
 
@@ -73,5 +73,26 @@ def write_gold_phrases(shards: Iterable[str | os.PathLike], out_dir: str | Path)
             rows.append({"key": sample.key, "caption": caption,
                          "phrases": [{"text": caption[a:b], "start": a, "end": b} for a, b in spans]})
         write_table(Path(out_dir) / f"{shard_stem(shard)}{PHRASES_SUFFIX}", rows, PHRASES_SCHEMA,
-                    "extract-phrases", {"extractor": "gold"})
+                    "extract-phrases", {"extractor": "gold", "input": shard_url(shard)})
     return Path(out_dir)
+
+
+def write_gold_coco(shards: Iterable[str | os.PathLike], path: str | Path) -> Path:
+    """Write the gold boxes of demo shards as COCO json (`file_name` = `<key>.jpg`, categories = CATEGORIES), the
+    gold subset `glipkit report --gold` compares labels with."""
+    images, annotations = [], []
+    for shard in shards:
+        for sample in iter_samples(shard, extensions=("json",)):
+            meta = json.loads(sample.files["json"])
+            image_id = len(images) + 1
+            images.append({"id": image_id, "file_name": f"{sample.key}.jpg", "width": meta["width"],
+                           "height": meta["height"]})
+            for obj in meta["objects"]:
+                x0, y0, x1, y1 = obj["box"]
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": obj["category_id"], "bbox": [x0, y0, x1 - x0, y1 - y0],
+                                    "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+    data = {"images": images, "annotations": annotations,
+            "categories": [{"id": i + 1, "name": name} for i, name in enumerate(CATEGORIES)]}
+    Path(path).write_text(json.dumps(data), encoding="utf-8")
+    return Path(path)

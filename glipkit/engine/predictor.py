@@ -24,7 +24,7 @@ from torch import Tensor
 
 from glipkit.engine.runtime import autocast, resolve_precision, set_tf32
 from glipkit.model.boxes import rescale_boxes
-from glipkit.model.config import PostprocessConfig
+from glipkit.model.config import PostprocessConfig, SpeedConfig
 from glipkit.model.glip import GLIP, merge_detections
 from glipkit.model.prompts import PhraseSpans, PromptChunk, split_phrases, vocabulary_chunks
 from glipkit.model.transforms import batch_images, resize_image, to_uint8_tensor
@@ -38,6 +38,8 @@ class PredictorSettings:
     pad_text_to_max_length: bool = False  # True pads every prompt to 256 tokens, as the official code
     allow_tf32: bool = True
     postprocess: PostprocessConfig | None = None
+    speed: SpeedConfig | None = None  # execution levers (model/config.py); None: the model's config.speed
+    pin_memory: bool = True  # CUDA: loaders hand page-locked batches, copied without blocking (same bytes)
 
 
 @dataclass
@@ -71,6 +73,8 @@ class Predictor:
         self.settings = settings or PredictorSettings()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
+        if self.settings.speed is not None:
+            model.set_speed(self.settings.speed)
         if model.tokenizer is None:
             raise ValueError("the GLIP has no tokenizer: pass tokenizer= to GLIP.from_pretrained")
         self.precision = resolve_precision(self.settings.precision, self.device)
@@ -83,9 +87,14 @@ class Predictor:
 
     # -- batches ----------------------------------------------------------------------------------------------
 
+    def to_device(self, images: Tensor) -> Tensor:
+        """A host batch on the model's device; page-locked batches (the pseudo-label loader's, `pin_memory`) are
+        copied without blocking, so the copy overlaps the work already queued on the GPU."""
+        return images.to(self.device, non_blocking=images.is_pinned())
+
     def normalize(self, images: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
         """uint8 RGB batch (B, 3, H, W), zero padded -> GLIP's input: BGR, x255, mean/std, padding 0 (§1.1.5-6)."""
-        x = images.to(self.device, non_blocking=True).float()
+        x = self.to_device(images).float()
         # Same float operations as transforms.normalize_image (ToTensor's /255, then 'bgr255' x255, §1.1.5), so a
         # batch of one equals the official preprocessing bit for bit.
         x = x.div(255.0).flip(1).mul(255.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -21,17 +22,47 @@ PRESET_PREFIX = "preset:"
 PRESET_SEED = 0  # random weights of `preset:NAME` models: the same model in every process and command
 
 # What may change on a model that already has weights: nothing that changes a parameter's shape.
-RUNTIME_OPTIONS = ("input.", "postprocess.", "head.use_checkpoint", "head.fpn_drop_block")
+RUNTIME_OPTIONS = ("input.", "postprocess.", "head.use_checkpoint", "head.fpn_drop_block", "speed.")
 
 
 # ---------------------------------------------------------------------------------------------------- device
 
 
-def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
-    """`auto` -> this process's GPU when CUDA is available, else cpu; a bare `cuda` takes the local rank's GPU
-    (torchrun's LOCAL_RANK), which also becomes the current CUDA device."""
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
+def check_device(device: str | torch.device) -> None:
+    """GlipkitUsageError unless `--device` names a device this machine has (auto, cpu, cuda, cuda:N, ...).
+
+    The spelling is checked without importing torch; a GPU device imports it to ask whether the GPU exists."""
+    from glipkit.errors import GlipkitUsageError
+
+    name = str(device)
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise GlipkitUsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
+    kind, _, index = name.partition(":")
+    if kind not in ("cuda", "xpu"):
+        return
     import torch
 
+    backend = getattr(torch, kind)
+    count = backend.device_count() if backend.is_available() else 0
+    if count == 0:
+        raise GlipkitUsageError(f"--device {name}: no {kind.upper()} device is visible to torch "
+                                f"(torch.{kind}.is_available() is False); use --device cpu or auto")
+    if index and int(index) >= count:
+        raise GlipkitUsageError(f"--device {name}: this machine has {count} {kind.upper()} device(s), "
+                                f"numbered 0-{count - 1}")
+
+
+def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """`auto` -> this process's GPU when CUDA is available, else cpu; a bare `cuda` takes the local rank's GPU
+    (torchrun's LOCAL_RANK), which also becomes the current CUDA device. A device this machine lacks is a
+    GlipkitUsageError (check_device)."""
+    import torch
+
+    if not isinstance(device, torch.device):
+        check_device(device)
     name = str(device)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -143,44 +174,43 @@ def load_model(spec: str | os.PathLike, tokenizer=None, device: str | torch.devi
 
     from glipkit.model.config import preset
     from glipkit.model.glip import GLIP
-    from glipkit.model.hub import load_tokenizer
+    from glipkit.model.hub import check_vocabulary, load_tokenizer
 
     options = dict(options or {})
     source = model_source(spec)
-    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = load_tokenizer(None if tokenizer is None else str(tokenizer))
     if source.preset is not None:
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_tokenizer(None if tokenizer is None else str(tokenizer))
         config = preset(source.preset)
         apply_config_options(config, options)
-        vocab = len(tokenizer)
-        if vocab > config.language.vocab_size:
-            raise ValueError(f"the tokenizer has {vocab} tokens but preset {source.preset} embeds "
-                             f"{config.language.vocab_size}; set --model-option language.vocab_size={vocab}")
+        check_vocabulary(tokenizer, config.language.vocab_size, f"preset {source.preset}",
+                         f"set --model-option language.vocab_size={len(tokenizer)}")
         torch.manual_seed(seed)
         model = GLIP(config, tokenizer)
     else:
         frozen = [k for k in options if not k.startswith(RUNTIME_OPTIONS)]
         if frozen:
             raise ValueError(f"model options {frozen} would change the shape of a pretrained model")
-        model = GLIP.from_pretrained(source.spec, tokenizer=tokenizer)
+        model = GLIP.from_pretrained(source.spec, tokenizer=tokenizer)  # the tokenizer first, then the weights
         apply_config_options(model.config, options)
         if "head.fpn_drop_block" in options:
             from glipkit.model.fpn import DropBlock2D
 
             model.fpn.drop_block = DropBlock2D(0.3, 3) if model.config.head.fpn_drop_block else None
+        model.set_speed(model.config.speed)
     return model.eval().to(device)
 
 
 def model_info(spec: str | os.PathLike, tokenizer: str | None = None) -> dict[str, Any]:
     """What produced a table, for its metadata: the model spec, its file, size and SHA-256 (or `random`)."""
     from glipkit.files import file_sha256
-    from glipkit.model.hub import NAMED_MODELS, download_named_model
+    from glipkit.model.hub import resolve_model_file
 
     source = model_source(spec)
     info: dict[str, Any] = {"model": source.spec, "tokenizer": tokenizer or "bert-base-uncased"}
     if source.preset is not None:
         info["weights"] = f"random (torch.manual_seed({PRESET_SEED}))"
     else:
-        path = download_named_model(source.spec) if source.spec in NAMED_MODELS else Path(source.spec)
+        path = resolve_model_file(source.spec)
         info.update(model_file=str(path), model_bytes=os.path.getsize(path), model_sha256=file_sha256(path))
     return info

@@ -9,12 +9,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from glipkit.model import hub
 from glipkit.model import weights as weights_io
 from glipkit.model.boxes import grid_anchors
-from glipkit.model.config import GLIPConfig, PostprocessConfig, preset
+from glipkit.model.config import GLIPConfig, PostprocessConfig, SpeedConfig, preset
 from glipkit.model.fpn import FPN
 from glipkit.model.head import HeadOutputs, VLDyHead
-from glipkit.model.hub import NAMED_MODELS, download_named_model, load_tokenizer
 from glipkit.model.language import LanguageBackbone, LanguageFeatures
 from glipkit.model.postprocess import Detections, postprocess_detections
 from glipkit.model.prompts import PromptChunk, encode_prompts
@@ -36,6 +36,26 @@ class GLIP(nn.Module):
         self.language_backbone = LanguageBackbone(config.language)
         self.head = VLDyHead(config)
         self.prompt_tuning: nn.Linear | None = None
+        self._compiled_with: str | None = None
+        self.set_speed(config.speed)
+
+    def set_speed(self, speed: SpeedConfig) -> None:
+        """Switch the execution levers (config.py `SpeedConfig`); parameters and state-dict names stay."""
+        self.config.speed = speed
+        self.language_backbone.set_attention(speed.bert_attention)
+        self.backbone.set_speed(speed.swin_sdpa, speed.channels_last)
+        layout = torch.channels_last if speed.channels_last else torch.contiguous_format
+        self.fpn.to(memory_format=layout)
+        self.head.to(memory_format=layout)
+        for layer in self.head.tower:
+            layer.set_speed(speed)
+        # The fusion tower and the prediction layers as one compiled graph (one cache entry per input shape, not
+        # one per tower layer); nn.Module.compile keeps the parameter names (no `_orig_mod.` in state dicts).
+        if speed.compile_fusion != self._compiled_with:
+            self.head._compiled_call_impl = None
+            if speed.compile_fusion:
+                self.head.compile(backend=speed.compile_fusion)
+            self._compiled_with = speed.compile_fusion
 
     # -- the network, split so that callers can cache image or text features -----------------------------------
 
@@ -102,32 +122,58 @@ class GLIP(nn.Module):
     ) -> "GLIP":
         """A GLIP from a named official model (`glip-t`, ...), an official `.pth`, or a `.safetensors` checkpoint.
 
-        The tokenizer is a local directory or `bert-base-uncased` from the Hub (or an object).
+        The tokenizer is a local directory or `bert-base-uncased` from the Hub (or an object). It is resolved
+        first: a missing tokenizer is reported before gigabytes of weights are fetched or read.
         """
         name = str(name_or_path)
-        path = download_named_model(name) if name in NAMED_MODELS else Path(name)
-        state, metadata = weights_io.read_checkpoint(path)
-        if weights_io.is_official_state_dict(state):
-            if config is None:
-                config = preset(NAMED_MODELS[name].preset) if name in NAMED_MODELS else \
-                    weights_io.infer_official_config(state)
-            state = weights_io.official_to_glipkit_state_dict(state, config.head.early_fusion)
-        else:
-            config = config or weights_io.glipkit_config_from_metadata(metadata)
-            if config is None:
-                raise weights_io.CheckpointError(f"{path}: neither an official GLIP checkpoint nor a glipkit one "
-                                                 "(no config in its metadata)")
-        # Built for real (not on the meta device): timm's non-persistent buffers, e.g. relative_position_index,
-        # are not in any checkpoint and must be computed at construction.
-        model = cls(config)
-        if "prompt_tuning.weight" in state:
-            model.enable_prompt_tuning()
-        weights_io.load_state_dict_checked(model, state)
         if isinstance(tokenizer, (str, os.PathLike)) or (tokenizer is None and load_tokenizer_now):
-            tokenizer = load_tokenizer(None if tokenizer is None else str(tokenizer))
+            try:
+                tokenizer = hub.load_tokenizer(None if tokenizer is None else str(tokenizer))
+            except hub.WeightsUnavailableError as error:
+                raise hub.WeightsUnavailableError(f"{error}{hub.missing_weights_note(name)}") from None
+        if config is None and name in hub.NAMED_MODELS:
+            config = preset(hub.NAMED_MODELS[name].preset)
+        if config is not None:  # before a download, when the config is known without the file
+            _check_tokenizer(tokenizer, config, name)
+        path = hub.resolve_model_file(name)
+        state, metadata = weights_io.read_checkpoint(path)
+        try:
+            model = cls._from_state_dict(state, metadata, config, lambda c: _check_tokenizer(tokenizer, c, name))
+        except weights_io.CheckpointError as error:
+            raise weights_io.CheckpointError(f"{path}: {error}") from None
         model.tokenizer = tokenizer
         model.eval()
         return model.to(device) if device is not None else model
+
+    @classmethod
+    def _from_state_dict(cls, state: dict[str, Tensor], metadata: dict[str, str], config: GLIPConfig | None,
+                         check_config) -> "GLIP":
+        official = weights_io.is_official_state_dict(state)
+        if official:
+            config = config or weights_io.infer_official_config(state)
+            weights = weights_io.official_to_glipkit_state_dict(state, config.head.early_fusion)
+        else:
+            weights = state
+            config = config or weights_io.glipkit_config_from_metadata(metadata)
+            if config is None:
+                raise weights_io.CheckpointError("neither an official GLIP checkpoint nor a glipkit one (no config "
+                                                 "in its metadata)")
+        check_config(config)
+        # Parameters on the meta device (the checkpoint fills them, no random init); buffers that no checkpoint
+        # holds, e.g. timm's relative_position_index, are computed for real at construction.
+        with weights_io.parameters_on_meta():
+            try:
+                model = cls(config)
+            except (ValueError, RuntimeError) as error:  # a config inferred from odd shapes
+                raise weights_io.CheckpointError(f"its key shapes describe no GLIP that can be built ({error})")
+            if "prompt_tuning.weight" in weights:
+                model.enable_prompt_tuning()
+        weights_io.materialize_parameters(model, weights)
+        if official:
+            weights_io.check_recomputed_buffers(model, state)
+        namer = weights_io.official_key_namer(config.head.early_fusion) if official else None
+        weights_io.load_state_dict_checked(model, weights, namer)
+        return model
 
     def save_pretrained(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
         """Write a glipkit `.safetensors` checkpoint with the config in its metadata."""
@@ -165,6 +211,12 @@ class GLIP(nn.Module):
         """`ground_chunks` with each image's detections of all chunks concatenated (no cross-chunk NMS, §7.5)."""
         per_image, unmapped = self.ground_chunks(pixels, image_sizes, chunks, postprocess, pad_text_to_max_length)
         return [merge_detections(ds) for ds in per_image], [sum(u, []) for u in unmapped]
+
+
+def _check_tokenizer(tokenizer, config: GLIPConfig, name: str) -> None:
+    if tokenizer is not None:
+        hub.check_vocabulary(tokenizer, config.language.vocab_size, f"model '{name}'",
+                             "use the tokenizer the model was trained with (--tokenizer DIR)")
 
 
 def merge_detections(detections: Sequence[Detections]) -> Detections:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
@@ -68,12 +69,39 @@ def lower_same_length(text: str) -> str:
     return "".join(low if len(low) == 1 else ch for ch, low in ((c, c.lower()) for c in text))
 
 
+# Emoji and symbols at a phrase's ends are trimmed from its span: other symbols (So), modifiers such as skin
+# tones (Sk), zero-width joiners and tags (Cf), keycaps (Me) and variation selectors.
+_SYMBOL_CATEGORIES = frozenset({"So", "Sk", "Cf", "Me"})
+
+
+def _is_symbol(ch: str) -> bool:
+    return (ch.isspace() or unicodedata.category(ch) in _SYMBOL_CATEGORIES
+            or "\ufe00" <= ch <= "\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef")
+
+
+def _without_symbols(caption: str, start: int, end: int) -> tuple[int, int]:
+    """The span without emoji, symbols and spaces at either end (empty when it held nothing else)."""
+    while start < end and _is_symbol(caption[start]):
+        start += 1
+    while end > start and _is_symbol(caption[end - 1]):
+        end -= 1
+    return start, end
+
+
+def _only_stop_words(text: str) -> bool:
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    words = [w.lower() for w in _WORD.findall(text)]
+    return all(w in STOP_WORDS or w in DETERMINER_WORDS for w in words)
+
+
 class PhraseExtractor:
     """Base class: turns captions into lists of Phrase with exact spans."""
 
     name = ""
     version = "1"  # bump when the output for the same input and settings changes
     default_max_phrases: int | None = None  # used when options.max_phrases is None
+    trims_symbols = True  # emoji / symbols at a phrase's ends are trimmed from its span
 
     def __init__(self, options: PhraseOptions | None = None):
         self.options = options or PhraseOptions()
@@ -100,10 +128,13 @@ class PhraseExtractor:
             phrases: list[Phrase] = []
             seen: set[tuple[int, int]] = set()
             for span in spans:
-                start, end = span
-                if end - start < min_chars or span in seen:
+                trimmed = _without_symbols(caption, *span)
+                if trimmed[0] == trimmed[1] or (trimmed != tuple(span) and _only_stop_words(caption[slice(*trimmed)])):
+                    continue  # "🚀", and "that 😂" which is "that": nothing to ground
+                start, end = trimmed if self.trims_symbols else span
+                if end - start < min_chars or (start, end) in seen:
                     continue
-                seen.add(span)
+                seen.add((start, end))
                 phrases.append(Phrase(source[start:end], start, end))
                 if max_phrases is not None and len(phrases) >= max_phrases:
                     break
@@ -207,6 +238,7 @@ class GlipRegexChunks(_SpacyExtractor):
 
     name = "glip-regex"
     components = ("tok2vec", "tagger")
+    trims_symbols = False  # the demo grammar's spans exactly; phrases of only emoji/symbols are still dropped
 
     def spans(self, captions: Sequence[str], batch_size: int) -> Iterator[list[tuple[int, int]]]:
         for doc in self.nlp.pipe(captions, batch_size=batch_size):

@@ -1,10 +1,11 @@
 """The extract-phrases job: captions of many inputs -> one `<stem>.phrases.parquet` each, over N processes.
 
-Each input (tar shard or caption file) is one task. A task reads its captions, runs the phrase extractor in
-chunks (`nlp.pipe` batches inside), streams rows into an atomic Parquet writer, writes its `_stats.json` entry and
-returns a ShardResult. Worker processes load spaCy once. The parent only schedules, counts progress and merges
-the entries into `_stats.json` (engine/shard_job.py), so a killed job keeps every finished input and its entry; a
-rerun skips inputs whose output exists.
+Each input (tar shard or caption file) is one task, claimed before it starts (engine/claims.py). A task reads
+its captions, runs the phrase extractor in chunks (`nlp.pipe` batches inside), streams rows into an atomic
+Parquet writer, writes its `_stats.json` entry and returns a ShardResult. Worker processes load spaCy once. The
+parent only schedules, counts progress and merges the entries into `_stats.json` (engine/shard_job.py), so a
+killed job keeps every finished input and its entry; a rerun skips inputs whose output this command wrote with
+the same settings.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from glipkit.data.captions import expand_caption_files, iter_caption_records
-from glipkit.data.shards import ShardReadError, expand_shards
+from glipkit.data.captions import CAPTION_FILE_SUFFIXES, expand_caption_files, iter_caption_records
+from glipkit.data.shards import ShardReadError, expand_shards, shard_url
 from glipkit.data.tables import PHRASES_SCHEMA, PHRASES_SUFFIX, AtomicParquetWriter, phrases_table
+from glipkit.engine.claims import Claims
+from glipkit.engine.output_dir import OutputDir
 from glipkit.engine.progress import ProgressCallback, ProgressEvent
-from glipkit.engine.shard_job import DONE, FAILED, UNREADABLE, JobReport, ShardResult, StatsWriter, output_paths, \
-    skip_finished, stats_entry_path, stopped_reading
+from glipkit.engine.shard_job import DONE, FAILED, UNREADABLE, JobReport, ShardResult, StatsWriter, \
+    claimed_rounds, output_names, plan_outputs, stats_entry_name, stopped_reading
 from glipkit.errors import GlipkitUsageError
-from glipkit.files import write_json_atomic
 from glipkit.text.phrases import EXTRACTORS, Phrase, PhraseExtractor, PhraseOptions, get_extractor, \
     lower_same_length
 from glipkit.text.spacy_models import DEFAULT_SPACY_MODEL, resolve_spacy_model
@@ -95,20 +97,22 @@ def resolve_inputs(shards: str | None = None, captions: str | None = None) -> li
 
 def process_input(
     input_path: str | os.PathLike,
-    out_path: str | os.PathLike,
+    out: OutputDir | str | os.PathLike,
+    name: str,
     extractor: PhraseExtractor,
     settings: ExtractPhrasesSettings,
     on_captions: Callable[[int], None] | None = None,
 ) -> ShardResult:
-    """Extract phrases for every caption of one input, write its table atomically and its `_stats.json` entry;
-    never raises for damaged input (status PARTIAL / UNREADABLE) or job errors (status FAILED, no output file)."""
+    """Extract phrases for every caption of one input, write its table `name` in `out` atomically and its stats
+    entry; never raises for damaged input (status PARTIAL / UNREADABLE) or job errors (status FAILED, no output)."""
     started = time.perf_counter()
+    out_dir = out if isinstance(out, OutputDir) else OutputDir(out)
     result = ShardResult(str(input_path), DONE, counts={"phrases": 0})
     hist: Counter[int] = Counter()
-    out_dir = Path(out_path).parent
     table_settings = {**extractor.settings(), "input": str(input_path)}
     try:
-        with AtomicParquetWriter(out_path, PHRASES_SCHEMA, COMMAND, table_settings) as writer:
+        with AtomicParquetWriter(name, PHRASES_SCHEMA, COMMAND, table_settings,
+                                 atomic=lambda _: out_dir.atomic(name)) as writer:
             keys: list[str] = []
             captions: list[str] = []
 
@@ -150,7 +154,7 @@ def process_input(
                 flush()
             if result.status == UNREADABLE:
                 raise _NoOutput()
-            result.output = str(out_path)
+            result.output = out_dir.path(name)
             write_entry(out_dir, result, hist, started)  # before the rename: a finished table has its entry
     except _NoOutput:
         write_entry(out_dir, result, hist, started)
@@ -162,13 +166,14 @@ def process_input(
     return result
 
 
-def write_entry(out_dir: Path, result: ShardResult, hist: Counter | None = None, started: float | None = None) -> None:
+def write_entry(out_dir: OutputDir, result: ShardResult, hist: Counter | None = None,
+                started: float | None = None) -> None:
     """Write an input's `_stats.json` entry (to be merged by the parent); `hist` counts captions by phrase count."""
     if started is not None:
         result.seconds = round(time.perf_counter() - started, 3)
     hist = hist or Counter()
     phrases = result.counts.get("phrases", 0)
-    write_json_atomic(stats_entry_path(out_dir, result.input), {
+    out_dir.write_json(stats_entry_name(COMMAND, result.input), {
         "input": result.input, "output": result.output, "status": result.status, "read": result.read,
         "written": result.written, "skipped": result.skipped, "skipped_by_reason": dict(result.skips.by_reason),
         "skipped_keys": result.skips.keys, "phrases": phrases,
@@ -207,15 +212,15 @@ def _worker_init(extractor: str, options: PhraseOptions, spacy_model: str, progr
         _worker_error = f"{type(e).__name__}: {e}"
 
 
-def _worker_task(input_path: str, out_path: str, settings: ExtractPhrasesSettings) -> ShardResult:
+def _worker_task(input_path: str, out: str, name: str, settings: ExtractPhrasesSettings) -> ShardResult:
     if _worker_extractor is None:
-        return _failed(input_path, Path(out_path), f"worker could not load the extractor: {_worker_error}")
+        return _failed(input_path, OutputDir(out), f"worker could not load the extractor: {_worker_error}")
 
     def report(n: int) -> None:
         if _worker_queue is not None:
             _worker_queue.put(n)
 
-    return process_input(input_path, out_path, _worker_extractor, settings, report)
+    return process_input(input_path, out, name, _worker_extractor, settings, report)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -231,34 +236,39 @@ def run_extract_phrases(
     progress: ProgressCallback | None = None,
 ) -> JobReport:
     """Write `<out_dir>/<stem>.phrases.parquet` for every input (tar shard or caption file) and fold each
-    input's entry into `<out_dir>/_stats.json`.
+    input's entry into `<out_dir>/_stats.json`; `out_dir` may be an fsspec URL.
 
-    Inputs with an existing output are skipped unless `settings.overwrite`. `workers` processes (default: the
-    CPU cores, at most one per input) each load the extractor once; `workers=1` runs in this process.
-    Raises GlipkitUsageError before any work for problems the user can fix (missing spaCy model, clashing
-    output names); never for damaged inputs or a failed input, which are reported in the results.
+    Inputs whose output this command wrote with the same settings are skipped unless `settings.overwrite`;
+    outputs written otherwise stop the run (engine/shard_job.plan_outputs). Inputs are claimed, so several runs
+    on one `out_dir` share the work. `workers` processes (default: the CPU cores, at most one per input) each load
+    the extractor once; `workers=1` runs in this process. Raises GlipkitUsageError before any work for problems the
+    user can fix (missing spaCy model, clashing output names, outputs of other settings); never for damaged
+    inputs or a failed input, which are reported in the results.
     """
     settings = settings or ExtractPhrasesSettings()
     if settings.extractor not in EXTRACTORS:
         raise GlipkitUsageError(f"unknown extractor {settings.extractor!r}; choose one of {', '.join(EXTRACTORS)}")
     started = time.perf_counter()
-    out = Path(out_dir)
-    paths = [str(p) for p in inputs]
-    outputs = output_paths(out, paths, PHRASES_SUFFIX)
-    out.mkdir(parents=True, exist_ok=True)
-    results, todo = skip_finished(paths, outputs, settings.overwrite)
-    if todo and settings.extractor != "ngrams":
+    out = OutputDir(out_dir)
+    paths = [shard_url(p) for p in inputs]
+    names = output_names(out, paths, PHRASES_SUFFIX)
+    expected: dict[str, Any] = {"extractor": settings.extractor, "options": asdict(settings.options)}
+    if settings.extractor != "ngrams":
         # Fail fast in the parent (one clear error) instead of in every worker.
-        resolve_spacy_model(settings.spacy_model, allow_download=settings.allow_download)
+        expected["spacy_model_package"] = resolve_spacy_model(settings.spacy_model,
+                                                              allow_download=settings.allow_download)
+    out.makedirs()
+    results, todo = plan_outputs(out, paths, names, COMMAND, expected, settings.overwrite)
 
     header = {"command": COMMAND, "extractor": settings.extractor, "options": asdict(settings.options),
               "spacy_model": settings.spacy_model}
     stats = StatsWriter(out, paths, header)
     captions = 0
+    unit = "files" if any(p.endswith(CAPTION_FILE_SUFFIXES) for p in paths) else "shards"
 
     def emit() -> None:
         if progress is not None:
-            progress(ProgressEvent(COMMAND, len(results), len(paths), "shards", time.perf_counter() - started,
+            progress(ProgressEvent(COMMAND, len(results), len(paths), unit, time.perf_counter() - started,
                                    {"captions": captions}))
 
     def on_captions(n: int) -> None:
@@ -266,25 +276,31 @@ def run_extract_phrases(
         captions += n
         emit()
 
-    def finish(i: int, result: ShardResult) -> None:
-        results[i] = result
-        stats.merge_if_due()
-        emit()
-
     emit()
     if workers is None:
         from glipkit.engine.runtime import available_cores  # imports torch: only when needed
 
         workers = available_cores()
-    n_workers = max(1, min(workers, len(todo)))
-    if todo and n_workers == 1:
-        extractor = get_extractor(settings.extractor, settings.options, settings.spacy_model)
-        for i in todo:
-            finish(i, process_input(paths[i], outputs[i], extractor, settings, on_captions))
-    elif todo:
-        _run_pool(paths, outputs, todo, settings, n_workers, on_captions, finish)
+    extractor = None
+    with Claims(out, COMMAND) as claims:
+        def finish(i: int, result: ShardResult) -> None:
+            results[i] = result
+            claims.release(names[i])
+            stats.merge_if_due()
+            emit()
+
+        for batch in claimed_rounds(out, claims, paths, names, todo, COMMAND, expected, results,
+                                    settings.overwrite):
+            n_workers = max(1, min(workers, len(batch)))
+            if n_workers == 1:
+                extractor = extractor or get_extractor(settings.extractor, settings.options, settings.spacy_model)
+                for i in batch:
+                    finish(i, process_input(paths[i], out, names[i], extractor, settings, on_captions))
+            else:
+                _run_pool(paths, out, names, batch, settings, n_workers, on_captions, finish)
     stats.merge()
-    return JobReport([results[i] for i in range(len(paths))], time.perf_counter() - started, out)
+    return JobReport([results[i] for i in range(len(paths))], time.perf_counter() - started, out.url,
+                     stats_path=stats.path)
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -298,7 +314,7 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _run_pool(paths, outputs, todo, settings, n_workers, on_captions, finish) -> None:
+def _run_pool(paths, out: OutputDir, names, todo, settings, n_workers, on_captions, finish) -> None:
     context = _worker_context()
     progress_queue = context.Queue()
     pool = ProcessPoolExecutor(
@@ -310,7 +326,7 @@ def _run_pool(paths, outputs, todo, settings, n_workers, on_captions, finish) ->
     futures: dict[Future, int] = {}
     try:
         for i in todo:
-            futures[pool.submit(_worker_task, paths[i], str(outputs[i]), settings)] = i
+            futures[pool.submit(_worker_task, paths[i], out.url, names[i], settings)] = i
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
@@ -326,9 +342,9 @@ def _run_pool(paths, outputs, todo, settings, n_workers, on_captions, finish) ->
                 try:
                     result = future.result()
                 except BrokenProcessPool:
-                    result = _failed(paths[i], outputs[i], "a worker process died (out of memory?)")
+                    result = _failed(paths[i], out, "a worker process died (out of memory?)")
                 except Exception as e:
-                    result = _failed(paths[i], outputs[i], f"{type(e).__name__}: {e}")
+                    result = _failed(paths[i], out, f"{type(e).__name__}: {e}")
                 finish(i, result)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -339,9 +355,9 @@ def _run_pool(paths, outputs, todo, settings, n_workers, on_captions, finish) ->
         progress_queue.close()
 
 
-def _failed(input_path: str, out_path: Path, error: str) -> ShardResult:
+def _failed(input_path: str, out: OutputDir, error: str) -> ShardResult:
     """The result (and `_stats.json` entry) of an input whose worker failed before it could say how it went."""
     result = ShardResult(input_path, FAILED, error=error, counts={"phrases": 0})
     with contextlib.suppress(OSError):
-        write_entry(out_path.parent, result)
+        write_entry(out, result)
     return result

@@ -1,17 +1,24 @@
-"""The pseudo-label job: WebDataset shards -> a GLIP teacher -> `<out>/<shard>.parquet` per shard + `_stats.json`.
+"""The pseudo-label job: WebDataset shards -> a GLIP teacher -> `<out>/<shard>.labels.parquet` per shard and
+`_stats.json`.
 
 Flow (one process per GPU under torchrun, or one process on a CPU machine):
   * the shard list is split by rank, then by DataLoader worker (data/shards.py): no two processes share a shard;
+  * each rank claims its shards before labelling them, so independent runs on one `--out` never label a shard
+    twice at the same time (engine/claims.py);
   * workers read, decode, resize and bucket the images and find each caption's phrases (teacher_data.py);
   * this process runs the batched teacher (predictor.py) and applies the filters (filters.py);
-  * a shard's rows are written when its last batch is done, to a temporary name renamed into place (atomic),
-    after its `_stats/shards/<stem>.json` entry; memory holds only the shards in flight;
+  * a shard's rows are written when its last batch is done, under its final name only when whole (a local
+    rename, or one upload to an fsspec `--out`), after its `_stats/pseudo-label/<stem>.json` entry; memory holds
+    only the shards in flight;
   * rank 0 folds the entries into `_stats.json` as it goes and, after a barrier, once at the end.
-Statuses, resume, stale temporary files and `_stats.json` are the shard-job skeleton's (engine/shard_job.py). A
-re-run skips shards whose table exists (`overwrite` redoes them). A bad sample is counted with its key and
-reason, never fatal; a damaged shard keeps the samples before the damage.
+Statuses, resume, claims and `_stats.json` are the shard-job skeleton's (engine/shard_job.py). A re-run skips
+shards whose table this command wrote with the same model checksum and settings; a table of other settings stops
+the run with the differences named (`overwrite` redoes them). A bad sample is counted with its key and reason,
+never fatal; a damaged shard keeps the samples before the damage.
 
-Output rows follow ARCHITECTURE.md plus a `flags` column: `below_image_threshold` / `too_few_boxes` (boxes
+Output rows follow ARCHITECTURE.md (`shard`: the resolved path or URL; `url`, `original_width`, `original_height`:
+img2dataset's, from the sample's .json; `width`, `height`: the stored image, whose pixels the boxes index) plus a
+`flags` column: `below_image_threshold` / `too_few_boxes` (boxes
 emptied by an image-level filter), `phrases_beyond_token_limit` (phrases past GLIP's 256 tokens were not
 grounded: they stay in `phrases`, no box points at them), `no_phrases` (nothing to ground, no model pass).
 In classes mode `phrases` lists the classes that got boxes (start = end = -1: they are not caption spans); the
@@ -32,8 +39,8 @@ import pyarrow as pa
 import torch
 
 from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS
-from glipkit.data.shards import expand_shards, shards_for_rank
-from glipkit.data.tables import LABELS_SCHEMA, LABELS_SUFFIX, read_metadata, write_table
+from glipkit.data.shards import expand_shards, shard_url, shards_for_rank
+from glipkit.data.tables import LABELS_SCHEMA, LABELS_SUFFIX, LEGACY_LABELS_SUFFIX, read_metadata, write_table
 from glipkit.engine.distributed import DistributedContext, init_distributed
 from glipkit.engine.labelling.extract_phrases import ExtractPhrasesSettings
 from glipkit.engine.labelling.filters import NO_PHRASES, PHRASES_BEYOND_TOKEN_LIMIT, PRESETS, FilterSettings, \
@@ -42,19 +49,29 @@ from glipkit.engine.labelling.stats import ShardStats, rank_stats_path, read_ran
 from glipkit.engine.labelling.teacher_data import CAPTION, CLASSES, PROMPT_MODES, ImageBatch, LoaderSettings, \
     SampleRecord, ShardEnd, TeacherDataset, phrases_path
 from glipkit.engine.predictor import Grounding, Predictor, PredictorSettings
+from glipkit.model.config import SpeedConfig
 from glipkit.engine.progress import ProgressCallback, ProgressEvent
 from glipkit.engine.runtime import available_cores, load_model, resolve_device
 from glipkit.engine.runtime import model_info as describe_model
-from glipkit.engine.shard_job import DONE, FAILED, PARTIAL, JobReport, ShardResult, StatsWriter, output_paths, \
-    skip_finished
+from glipkit.engine.claims import Claims
+from glipkit.engine.output_dir import OutputDir
+from glipkit.engine.shard_job import DONE, FAILED, PARTIAL, JobReport, ShardResult, StatsWriter, claimed_rounds, \
+    output_names, plan_outputs
 from glipkit.errors import GlipkitUsageError
-from glipkit.files import write_json_atomic
 from glipkit.model.prompts import PromptChunk, vocabulary_chunks
 
 COMMAND = "pseudo-label"
 BARRIER_TIMEOUT_MINUTES = 7 * 24 * 60  # a rank that finished its shards waits for the slowest rank at the end
 MODEL_ERROR = "model error"
-LABELS_WITH_FLAGS_SCHEMA = LABELS_SCHEMA.append(pa.field("flags", pa.list_(pa.string()), nullable=False))
+# LABELS_SCHEMA, img2dataset's source fields (None when the sample's .json has none) and the row's flags.
+LABELS_WITH_FLAGS_SCHEMA = pa.schema([
+    *LABELS_SCHEMA,
+    pa.field("url", pa.string()),
+    pa.field("original_width", pa.int32()),  # img2dataset's size of the web original; width/height: stored image
+    pa.field("original_height", pa.int32()),
+    pa.field("flags", pa.list_(pa.string()), nullable=False),
+])
+PER_SHARD_SETTINGS = ("input", "phrases_table", "extractor")  # table settings that vary by shard
 
 
 @dataclass
@@ -79,6 +96,8 @@ class PseudoLabelSettings:
     precision: str = "auto"
     pad_text_to_max_length: bool = False
     allow_tf32: bool = True
+    speed: SpeedConfig | None = None  # execution levers (model/config.py); None: the model's
+    pin_memory: bool = True  # CUDA: page-locked batches from the loader, copied to the GPU without blocking
     overwrite: bool = False
     stats_interval_s: float = 10.0  # rank 0 rewrites _stats.json at most this often while running
 
@@ -155,7 +174,8 @@ def run_pseudo_label(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer is used before workers fork
     settings = settings or PseudoLabelSettings()
     context = context or DistributedContext()
-    job = _Job(list(map(str, shards)), Path(out_dir), model, settings, model_info or {}, context, progress)
+    job = _Job([shard_url(s) for s in shards], OutputDir(out_dir), model, settings, model_info or {}, context,
+               progress)
     return job.run()
 
 
@@ -183,7 +203,8 @@ class _Job:
         )
         postprocess = postprocess_for(settings.filters, cfg.postprocess)
         self.predictor = Predictor(model, PredictorSettings(settings.precision, settings.pad_text_to_max_length,
-                                                            settings.allow_tf32, postprocess))
+                                                            settings.allow_tf32, postprocess, settings.speed,
+                                                            settings.pin_memory))
         self.class_prompts = None
         if settings.prompt_mode == CLASSES:
             try:
@@ -197,6 +218,7 @@ class _Job:
         header = {"command": COMMAND, "settings": self.table_settings, "world_size": context.world_size}
         self.stats = StatsWriter(out_dir, shards, header, main=context.is_main, interval_s=settings.stats_interval_s,
                                  summary=lambda entries: summary(entries, read_rank_runs(out_dir, context.world_size)))
+        self.claims = Claims(out_dir, COMMAND)
         self.started = time.perf_counter()
         self.images = 0
         self.boxes = 0
@@ -216,7 +238,7 @@ class _Job:
             raise GlipkitUsageError("--phrases is for --prompt-mode caption (classes mode grounds a fixed vocabulary)")
         if s.batch_size is not None and s.batch_size < 1:
             raise GlipkitUsageError("--batch-size must be >= 1")
-        self.outputs = dict(zip(self.all_shards, output_paths(self.out, self.all_shards, LABELS_SUFFIX)))
+        self.outputs = dict(zip(self.all_shards, output_names(self.out, self.all_shards, LABELS_SUFFIX)))
         if s.phrases_dir and s.prompt_mode == CAPTION:
             directory = Path(s.phrases_dir)
             if not directory.is_dir():
@@ -247,35 +269,57 @@ class _Job:
                          class_suffixes=s.class_suffixes,
                          class_prompts=[p.text for p in self.class_prompts or []])
         elif s.phrases_dir:
-            table["phrases_dir"] = str(s.phrases_dir)
+            table["phrases_dir"] = shard_url(s.phrases_dir)
         else:
             table["extraction"] = {"extractor": s.extraction.extractor, "options": asdict(s.extraction.options),
                                    "spacy_model": s.extraction.spacy_model}
+        if table.get("tokenizer") and os.path.exists(table["tokenizer"]):
+            table["tokenizer"] = os.path.abspath(table["tokenizer"])
         return table
+
+    def _expected_settings(self) -> dict[str, Any]:
+        """The table settings a finished table must hold to be this run's (engine/shard_job.plan_outputs): all but
+        where the model file and shard are (the checksum says which model) and what varies by shard."""
+        expected = {k: v for k, v in self.table_settings.items() if k not in PER_SHARD_SETTINGS + ("model_file",)}
+        if "model_sha256" in expected:
+            expected.pop("model", None)
+        extraction = expected.get("extraction")
+        if extraction is not None:  # tables record the extractor's own settings: the spaCy package it loaded
+            expected["extraction"] = {k: v for k, v in extraction.items() if k != "spacy_model"}
+            if extraction["extractor"] != "ngrams":
+                from glipkit.text.spacy_models import resolve_spacy_model
+
+                expected["extraction"]["spacy_model_package"] = resolve_spacy_model(extraction["spacy_model"])
+        return expected
 
     # -- running ------------------------------------------------------------------------------------------------
 
     def run(self) -> JobReport:
-        self.out.mkdir(parents=True, exist_ok=True)
-        finished, todo_indices = skip_finished(self.shards, [self.outputs[s] for s in self.shards],
-                                               self.settings.overwrite)
-        results = {self.shards[i]: result for i, result in finished.items()}
-        todo = [self.shards[i] for i in todo_indices]
-        self.done = len(results)
+        self.out.makedirs()
+        names = [self.outputs[s] for s in self.shards]
+        expected = self._expected_settings()
+        finished, todo = plan_outputs(self.out, self.shards, names, COMMAND, expected, self.settings.overwrite,
+                                      LEGACY_LABELS_SUFFIX)
+        self.done = len(finished)
         self._emit()
-        if todo:
-            self._label(todo, results)
+        labelled: dict[str, ShardResult] = {}
+        with self.claims:
+            for batch in claimed_rounds(self.out, self.claims, self.shards, names, todo, COMMAND, expected, finished,
+                                        self.settings.overwrite):
+                self._label([self.shards[i] for i in batch], labelled)
+        results = {**{self.shards[i]: result for i, result in finished.items()}, **labelled}
         seconds = time.perf_counter() - self.started
-        write_json_atomic(rank_stats_path(self.out, self.context.rank), {
+        self.out.write_json(rank_stats_path(self.context.rank), {
             "rank": self.context.rank, "world_size": self.context.world_size, "host": socket.gethostname(),
-            "device": str(self.predictor.device), "shards_assigned": len(self.shards), "shards_labelled": len(todo),
+            "device": str(self.predictor.device), "shards_assigned": len(self.shards), "shards_labelled": len(labelled),
             "images_read": self.images, "boxes": self.boxes, "seconds": round(seconds, 3),
             "images_per_s": round(self.images / seconds, 3) if seconds > 0 else None,
         })
         self.context.barrier()
         stats = self.stats.merge() if self.context.is_main else None
         ordered = [results[s] for s in self.shards]
-        return JobReport(ordered, seconds, self.out, self.context.rank, self.context.world_size, stats)
+        return JobReport(ordered, seconds, self.out.url, self.context.rank, self.context.world_size, stats,
+                         self.stats.path if self.context.is_main else None)
 
     def _label(self, todo: list[str], results: dict[str, ShardResult]) -> None:
         from torch.utils.data import DataLoader
@@ -284,7 +328,7 @@ class _Job:
         workers = max(0, min(workers, len(todo)))
         dataset = TeacherDataset(todo, self.loader_settings)
         loader = DataLoader(dataset, batch_size=None, num_workers=workers,
-                            pin_memory=self.predictor.device.type == "cuda",
+                            pin_memory=self.predictor.device.type == "cuda" and self.settings.pin_memory,
                             prefetch_factor=4 if workers else None)
         open_shards: dict[str, _OpenShard] = {}
         for item in loader:
@@ -363,35 +407,39 @@ class _Job:
             "boxes": [{"x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3], "score": s, "phrase": p}
                       for b, s, p in zip(boxes, scores, labels)],
             "flags": flags,
+            **_source_fields(record),
         }
 
     def _finish_shard(self, end: ShardEnd, state: "_OpenShard") -> ShardResult:
         for _, key, reason, detail in end.failures:
             state.stats.add_failure(key, reason, detail)
         unlabelled = [{"key": record.key, "caption": record.caption, "phrases": [], "shard": end.shard,
-                       "width": record.width, "height": record.height, "boxes": [], "flags": [NO_PHRASES]}
-                      for record in end.unlabelled]
+                       "width": record.width, "height": record.height, "boxes": [], "flags": [NO_PHRASES],
+                       **_source_fields(record)} for record in end.unlabelled]
         for row in unlabelled:
             state.stats.add_row(row, labelled=False)
         state.add([record.index for record in end.unlabelled], unlabelled)
         self.images += len(end.unlabelled) + len(end.failures)
         seconds = time.perf_counter() - state.started
-        target = self.outputs[end.shard]
+        name = self.outputs[end.shard]
+        target = self.out.path(name)
         writes = end.status in (DONE, PARTIAL)
-        result = ShardResult(end.shard, end.status, str(target) if writes else None, end.read, state.stats.written,
+        result = ShardResult(end.shard, end.status, target if writes else None, end.read, state.stats.written,
                              state.stats.failed, {"boxes": state.stats.boxes}, end.error, round(seconds, 3))
         entry = state.stats.entry(end.status, end.read, result.output, end.error, seconds, end.image_pixels,
                                   end.batch_pixels)
         try:
             self.stats.write(end.shard, entry)  # before the table: a finished table always has its entry
             if writes:
-                write_table(target, state.table(), LABELS_WITH_FLAGS_SCHEMA, COMMAND, self._settings_for(end))
+                write_table(name, state.table(), LABELS_WITH_FLAGS_SCHEMA, COMMAND, self._settings_for(end),
+                            atomic=lambda _: self.out.atomic(name))
         except Exception as e:  # e.g. disk full: no partial table; reported, and a re-run redoes the shard
             result.status, result.output = FAILED, None
             result.error = f"cannot write {target}: {type(e).__name__}: {e}"
             entry.update(status=FAILED, output=None, error=result.error)
             with contextlib.suppress(OSError):
                 self.stats.write(end.shard, entry)
+        self.claims.release(name)
         self.stats.merge_if_due()
         return result
 
@@ -411,6 +459,12 @@ class _Job:
             self.progress(ProgressEvent(COMMAND, self.done, len(self.shards), "shards",
                                         time.perf_counter() - self.started, {"images": self.images,
                                                                              "boxes": self.boxes}))
+
+
+def _source_fields(record: SampleRecord) -> dict[str, Any]:
+    """img2dataset's `url`, `original_width`, `original_height` of a sample (None where its .json has none)."""
+    meta = getattr(record, "meta", None) or {}
+    return {name: meta.get(name) for name in ("url", "original_width", "original_height")}
 
 
 class _OpenShard:

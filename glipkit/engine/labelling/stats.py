@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from glipkit.engine.output_dir import OutputDir
 from glipkit.engine.shard_job import STATS_DIR, Skips
-from glipkit.files import read_json
 
 TOP_PHRASES_PER_SHARD = 50
 TOP_PHRASES = 100
 SCORE_BIN = 0.05
 
 
-def rank_stats_path(out_dir: str | os.PathLike, rank: int) -> Path:
-    return Path(out_dir) / STATS_DIR / "ranks" / f"rank-{rank:05d}.json"
+def rank_stats_path(rank: int) -> str:
+    """The name, in the output folder, of a rank's run record."""
+    return f"{STATS_DIR}/ranks/rank-{rank:05d}.json"
 
 
 def _score_bin(score: float) -> str:
@@ -45,7 +45,8 @@ class ShardStats:
         self.boxes_per_image: Counter[int] = Counter()
         self.phrases_per_image: Counter[int] = Counter()
         self.scores: Counter[str] = Counter()
-        self.top_phrases: Counter[str] = Counter()
+        self.top_phrases: Counter[str] = Counter()  # images in which the phrase got at least one box
+        self.phrase_images: Counter[str] = Counter()  # images whose phrases include it
 
     def add_row(self, row: Mapping[str, Any], labelled: bool, beyond_limit: int = 0) -> None:
         """Count a written row (`labelled`: it went through the model)."""
@@ -67,6 +68,7 @@ class ShardStats:
             grounded.add(box["phrase"])
         for index in grounded:
             self.top_phrases[row["phrases"][index]["text"].lower()] += 1
+        self.phrase_images.update({phrase["text"].lower() for phrase in row["phrases"]})
 
     def add_failure(self, key: str, reason: str, detail: str = "") -> None:
         self.failed.add(key, reason, detail)
@@ -94,6 +96,10 @@ class ShardStats:
             "phrases_per_image_hist": {str(k): v for k, v in sorted(self.phrases_per_image.items())},
             "score_hist": dict(sorted(self.scores.items())),
             "top_phrases": dict(self.top_phrases.most_common(TOP_PHRASES_PER_SHARD)),
+            # images having each phrase, for the grounding rate: the top phrases and the most frequent ones
+            "phrase_images": {phrase: self.phrase_images[phrase] for phrase in dict.fromkeys(
+                [p for p, _ in self.top_phrases.most_common(TOP_PHRASES_PER_SHARD)]
+                + [p for p, _ in self.phrase_images.most_common(TOP_PHRASES_PER_SHARD)])},
             "run": {
                 "rank": self.rank,
                 "seconds": round(seconds, 3),
@@ -118,8 +124,10 @@ def summary(entries: Mapping[str, Mapping], rank_runs: Iterable[Mapping]) -> dic
     """Histograms and top phrases merged over shard entries, and the throughput of the last run over all ranks."""
     values = list(entries.values())
     phrases: Counter[str] = Counter()
+    seen: Counter[str] = Counter()
     for entry in values:
         phrases.update(entry.get("top_phrases") or {})
+        seen.update(entry.get("phrase_images") or {})
     written = sum(e.get("written", 0) for e in values)
     image_pixels = sum((e.get("run") or {}).get("image_pixels", 0) for e in values)
     batch_pixels = sum((e.get("run") or {}).get("batch_pixels", 0) for e in values)
@@ -132,6 +140,9 @@ def summary(entries: Mapping[str, Mapping], rank_runs: Iterable[Mapping]) -> dic
         "phrases_per_image_hist": _merge_hist(values, "phrases_per_image_hist", True),
         "score_hist": _merge_hist(values, "score_hist", False),
         "top_phrases": dict(phrases.most_common(TOP_PHRASES)),
+        # of the images whose phrases include it, the share in which it got a box
+        "top_phrases_grounding_rate": {p: round(n / seen[p], 4) for p, n in phrases.most_common(TOP_PHRASES)
+                                       if seen[p]},
         "boxes_per_image": round(sum(e.get("boxes", 0) for e in values) / written, 4) if written else 0.0,
         "padding_fraction": round(1 - image_pixels / batch_pixels, 4) if batch_pixels else None,
         "last_run": {
@@ -146,12 +157,13 @@ def summary(entries: Mapping[str, Mapping], rank_runs: Iterable[Mapping]) -> dic
     }
 
 
-def read_rank_runs(out_dir: str | os.PathLike, world_size: int) -> list[dict]:
+def read_rank_runs(out_dir: str | os.PathLike | OutputDir, world_size: int) -> list[dict]:
     """The run records of ranks 0..world_size-1 (older files of higher ranks are ignored)."""
+    out = out_dir if isinstance(out_dir, OutputDir) else OutputDir(out_dir)
     runs = []
     for rank in range(world_size):
         try:
-            runs.append(read_json(rank_stats_path(out_dir, rank), "rank stats"))
+            runs.append(out.read_json(rank_stats_path(rank), "rank stats"))
         except (OSError, ValueError):
             continue
     return runs

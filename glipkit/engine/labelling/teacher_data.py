@@ -27,11 +27,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS, NO_IMAGE, ImageDecodeError, decode_image, \
     find_image_member, set_pil_pixel_limit
 from glipkit.data.shards import CaptionError, ShardReadError, iter_samples, sample_caption, shard_stem, \
-    shards_for_worker
-from glipkit.data.tables import PHRASES_SUFFIX, read_table
+    shard_url, shards_for_worker
+from glipkit.data.tables import PHRASES_SUFFIX, read_metadata, read_table
 from glipkit.engine.labelling.extract_phrases import extract_each, stored_caption
 from glipkit.engine.shard_job import DONE, FAILED, stopped_reading
 from glipkit.model.transforms import batch_images, resize_image
+from glipkit.text.phrases import lower_same_length
 
 CAPTION = "caption"
 CLASSES = "classes"
@@ -70,6 +71,7 @@ class SampleRecord:
     phrases: list[dict]  # {"text", "start", "end"}; empty in classes mode
     width: int
     height: int
+    meta: dict = field(default_factory=dict)  # img2dataset's url, original_width, original_height (Sample.meta)
 
 
 @dataclass
@@ -140,19 +142,26 @@ class TeacherDataset(IterableDataset):
         table = None
         if self.settings.prompt_mode == CAPTION and self.settings.phrases_dir is not None:
             try:
-                table = _read_phrases_table(phrases_path(self.settings.phrases_dir, shard))
+                table = _read_phrases_table(phrases_path(self.settings.phrases_dir, shard), shard)
+            except PhrasesMismatch as e:
+                end.status, end.error = FAILED, str(e)
+                end.worker_seconds = time.perf_counter() - started
+                yield end
+                return
             except Exception as e:
                 end.status, end.error = FAILED, f"cannot read the phrases table: {e}"
                 end.worker_seconds = time.perf_counter() - started
                 yield end
                 return
-        window: list[tuple[int, str, str, bytes, list[dict] | None]] = []
+        window: list[tuple[int, str, str, bytes, list[dict] | None, dict]] = []
         window_size = self.settings.batch_size * max(1, self.settings.bucket_window)
         try:
             for index, sample in enumerate(iter_samples(shard)):
                 end.read += 1
                 try:
                     prepared = self._sample_fields(index, sample, table, end)
+                except PhrasesMismatch:
+                    raise
                 except Exception as e:  # never let one sample stop the shard
                     end.failures.append((index, sample.key, UNEXPECTED, f"{type(e).__name__}: {e}"))
                     continue
@@ -165,6 +174,8 @@ class TeacherDataset(IterableDataset):
             end.error = str(e)
             end.status, end.read = stopped_reading(
                 e, end.read, lambda index, key, detail: end.failures.append((index, key, DAMAGED, detail)))
+        except PhrasesMismatch as e:  # the shard is not what its phrases table was made from: no output
+            end.status, end.error, window = FAILED, str(e), []
         if window:
             yield from self._window_batches(shard, window, end)
         end.worker_seconds = time.perf_counter() - started
@@ -173,7 +184,11 @@ class TeacherDataset(IterableDataset):
         yield end
 
     def _sample_fields(self, index, sample, table, end: ShardEnd):
-        """(index, key, caption, image bytes, phrases or None) of a sample, or None after recording its failure."""
+        """(index, key, caption, image bytes, phrases or None, meta) of a sample, or None after recording its
+        failure."""
+        if sample.error:  # a duplicate key: the first sample of that key is the one labelled
+            end.failures.append((index, sample.key, sample.error, ""))
+            return None
         image = find_image_member(sample.files)
         if image is None:
             end.failures.append((index, sample.key, NO_IMAGE, f"members: {', '.join(sample.extensions) or 'none'}"))
@@ -185,6 +200,7 @@ class TeacherDataset(IterableDataset):
                 end.failures.append((index, sample.key, NO_PHRASES_ROW, ""))
                 return None
             caption, phrases = row
+            _check_same_caption(caption, sample, self.settings.phrases_dir)
             bad = [p for p in phrases if not (0 <= p["start"] <= p["end"] <= len(caption))
                    or caption[p["start"]:p["end"]] != p["text"]]
             if bad:
@@ -198,20 +214,20 @@ class TeacherDataset(IterableDataset):
                     end.failures.append((index, sample.key, e.reason, str(e)))
                     return None
                 caption = ""  # classes mode labels the image without a caption
-        return index, sample.key, caption, image[1], phrases
+        return index, sample.key, caption, image[1], phrases, sample.meta
 
     def _window_batches(self, shard: str, window, end: ShardEnd) -> Iterator[ImageBatch]:
         """Find phrases (if needed), decode and resize a window of samples, sort by aspect ratio, yield batches."""
         if self.settings.prompt_mode == CAPTION and any(w[4] is None for w in window):
             window = self._extract(window, end)
         decoded: list[tuple[SampleRecord, Tensor]] = []
-        for index, key, caption, data, phrases in window:
+        for index, key, caption, data, phrases, meta in window:
             try:
                 image = decode_image(data, self.settings.max_image_pixels)
             except ImageDecodeError as e:
                 end.failures.append((index, key, e.reason, e.detail))
                 continue
-            record = SampleRecord(index, key, caption, phrases or [], image.width, image.height)
+            record = SampleRecord(index, key, caption, phrases or [], image.width, image.height, meta)
             if self.settings.prompt_mode == CAPTION and not record.phrases:
                 end.unlabelled.append(record)  # nothing to ground: written with an empty box list and a flag
                 continue
@@ -244,15 +260,38 @@ class TeacherDataset(IterableDataset):
         extractor = self._extractor()
         found = extract_each(extractor, [w[2] for w in window], self.settings.extraction.batch_size)
         out = []
-        for (index, key, caption, data, _), phrases in zip(window, found):
+        for (index, key, caption, data, _, meta), phrases in zip(window, found):
             if isinstance(phrases, Exception):
                 end.failures.append((index, key, EXTRACTION_FAILED, f"{type(phrases).__name__}: {phrases}"))
                 continue
-            out.append((index, key, stored_caption(caption, extractor.options), data, [p.as_dict() for p in phrases]))
+            out.append((index, key, stored_caption(caption, extractor.options), data, [p.as_dict() for p in phrases],
+                        meta))
         return out
 
 
-def _read_phrases_table(path: Path) -> dict[str, tuple[str, list[dict]]]:
+class PhrasesMismatch(ValueError):
+    """A phrases table that was not made from the shard it is joined with: the shard fails with this reason."""
+
+
+def _read_phrases_table(path: Path, shard: str) -> dict[str, tuple[str, list[dict]]]:
+    """The rows of a shard's phrases table by key; PhrasesMismatch unless its recorded input is that shard."""
+    recorded = (read_metadata(path).get("settings") or {}).get("input")
+    if recorded is None or shard_url(recorded) != shard_url(shard):
+        made_from = f"was made from {recorded}" if recorded else "records no input shard"
+        raise PhrasesMismatch(f"phrases table {path} {made_from}, not {shard_url(shard)}; run extract-phrases on "
+                              "these shards")
     table = read_table(path, columns=["key", "caption", "phrases"]).to_pydict()
     return {key: (caption, list(phrases or [])) for key, caption, phrases in
             zip(table["key"], table["caption"], table["phrases"])}
+
+
+def _check_same_caption(caption: str, sample, phrases_dir) -> None:
+    """PhrasesMismatch unless a phrases row's caption is the sample's (as extract-phrases stores it)."""
+    try:
+        shard_caption = sample_caption(sample)
+    except CaptionError:
+        shard_caption = None
+    if shard_caption is None or caption not in (shard_caption, lower_same_length(shard_caption)):
+        raise PhrasesMismatch(f"the --phrases {phrases_dir} table of {sample.shard} has another caption for key "
+                              f"{sample.key!r} ({caption[:60]!r}, the shard's: {(shard_caption or '')[:60]!r}): it "
+                              "was made from other data")
