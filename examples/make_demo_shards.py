@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from glipkit.demo.gold import write_gold_coco
 from glipkit.demo.samples import write_demo_shards
 
 
@@ -21,12 +22,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--min-size", type=int, default=160, help="smallest image side in pixels (default: 160)")
     parser.add_argument("--max-size", type=int, default=320, help="largest image side in pixels (default: 320)")
+    parser.add_argument("--gold", help="also write the gold boxes as COCO json here (for glipkit report --gold)")
     args = parser.parse_args()
     paths = write_demo_shards(
         args.out, args.shards, args.samples, args.seed, min_size=args.min_size, max_size=args.max_size
     )
     for path in paths:
         print(path)
+    if args.gold:
+        print(write_gold_coco(paths, args.gold))
 
 
 if __name__ == "__main__":

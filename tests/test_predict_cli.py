@@ -19,11 +19,9 @@ MODEL = "preset:glip-tiny-test"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_tokenizer_dir):
+def checkpoint(confident_checkpoint):
     """A tiny GLIP saved as a glipkit .safetensors; prior bias 0 so that its random scores pass the 0.05 cut."""
-    model = load_model(MODEL, str(tiny_tokenizer_dir), "cpu")
-    model.head.bias0.data.fill_(0.0)
-    return model.save_pretrained(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+    return confident_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -34,20 +34,52 @@ def read_image_file(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
 
 def predict_files(predictor: Predictor, paths: Sequence[Path], prompt: str | None = None,
                   classes: Sequence[str] | None = None, box_threshold: float = 0.5,
-                  draw_dir: Path | None = None) -> list[FilePrediction]:
-    """Ground `classes` or the '.'-separated phrases of `prompt` in each image; optionally save drawn copies."""
+                  draw_dir: Path | None = None, batch_size: int = 1) -> list[FilePrediction]:
+    """Ground `classes` or the '.'-separated phrases of `prompt` in each image, `batch_size` images per model
+    pass; optionally save drawn copies."""
+    from glipkit.viz import drawn_names
+
+    names = drawn_names(paths)
+    results = []
+    for start in range(0, len(paths), max(1, batch_size)):
+        group = list(paths[start: start + batch_size])
+        images = [read_image_file(path) for path in group]
+        predictions = predictor.predict(images, prompts=prompt, classes=classes, box_threshold=box_threshold,
+                                        batch_size=batch_size)
+        results += [_file_result(path, image, prediction, draw_dir and draw_dir / names[str(path)])
+                    for path, image, prediction in zip(group, images, predictions)]
+    return results
+
+
+def _file_result(path, image, prediction, drawn: Path | None) -> FilePrediction:
+    """One image's FilePrediction, its drawn copy saved as `drawn` when given."""
     from glipkit.viz import draw_detections
 
-    results = []
-    for path in paths:
-        image = read_image_file(path)
-        prediction = predictor.predict(image, prompts=prompt, classes=classes, box_threshold=box_threshold)[0]
-        drawn = None
-        if draw_dir is not None:
-            draw_dir.mkdir(parents=True, exist_ok=True)
-            drawn = draw_dir / f"{Path(path).stem}_glip.jpg"
-            draw_detections(image, prediction.boxes.tolist(), prediction.scores.tolist(),
-                            prediction.labels.tolist(), prediction.phrases).save(drawn, quality=92)
-        results.append(FilePrediction(Path(path), prediction.boxes.tolist(), prediction.scores.tolist(),
-                                      prediction.labels.tolist(), prediction.phrases, drawn))
-    return results
+    if drawn is not None:
+        drawn.parent.mkdir(parents=True, exist_ok=True)
+        draw_detections(image, prediction.boxes.tolist(), prediction.scores.tolist(),
+                        prediction.labels.tolist(), prediction.phrases).save(drawn, quality=92)
+    return FilePrediction(Path(path), prediction.boxes.tolist(), prediction.scores.tolist(),
+                          prediction.labels.tolist(), prediction.phrases, drawn)
+
+
+def write_predictions_table(results: Sequence[FilePrediction], path: str | Path, prompt: str) -> Path:
+    """Predictions as a label table (LABELS_SCHEMA, `shard` = the image file) that `show`, `report` and `export`
+    read like pseudo-label's; the prompt is each row's caption, phrases are spans of it when found there."""
+    from glipkit.data.tables import LABELS_SCHEMA, write_table
+    from glipkit.viz import drawn_names
+
+    keys = drawn_names([r.path for r in results], suffix="")
+    rows = []
+    for result in results:
+        phrases, at = [], 0
+        for text in result.phrases:
+            start = prompt.find(text, at)
+            phrases.append({"text": text, "start": start, "end": start + len(text) if start >= 0 else -1})
+            at = start + len(text) if start >= 0 else at
+        image = read_image_file(result.path)
+        rows.append({"key": keys[str(result.path)], "caption": prompt, "phrases": phrases,
+                     "shard": str(result.path.resolve()), "width": image.width, "height": image.height,
+                     "boxes": [{"x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3], "score": s, "phrase": p}
+                               for b, s, p in zip(result.boxes, result.scores, result.labels)]})
+    return write_table(path, rows, LABELS_SCHEMA, "predict", {"prompt": prompt})

@@ -1,0 +1,1 @@
+"""Converters from label tables to the formats other trainers read: COCO, YOLO (ultralytics), ODVG."""
