@@ -3,7 +3,7 @@
 The Python API: `Predictor(GLIP.from_pretrained("glip-t")).predict(images, prompts=...)`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Lazy so that `import glipkit` (and `glipkit --help`) does not pay for torch.
 _LAZY = {

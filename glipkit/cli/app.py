@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 
 from glipkit import __version__
+from glipkit.cli.help import GlipkitGroup, use_glipkit_help
 
 app = typer.Typer(
     name="glipkit",
+    cls=GlipkitGroup,
     help="Pseudo-label image-text data with a GLIP teacher and train GLIP students on the result.",
     no_args_is_help=True,
     add_completion=False,
@@ -33,6 +35,8 @@ def _root(
 def _register_commands() -> None:
     # Each command module adds itself to `app`; importing them here keeps app.py free of logic.
     from glipkit.cli import commands  # noqa: F401
+
+    use_glipkit_help(app)
 
 
 def main() -> None:

@@ -9,31 +9,36 @@ import typer
 from typing_extensions import Annotated
 
 from glipkit.cli.app import app
-from glipkit.cli.common import (DeviceOption, ModelOption, PrecisionOption, ProgressDisplay, ProgressOption,
-                                TokenizerOption, fail, require_path, user_errors)
+from glipkit.cli.help import GlipkitGroup
+from glipkit.cli.common import (INPUT, MODEL, OUTPUT, SPEED, DeviceOption, ModelOption, PrecisionOption,
+                                ProgressDisplay, ProgressOption, TokenizerOption, check_options, fail, require_path,
+                                user_errors)
 
-eval_app = typer.Typer(help="Evaluate a GLIP on COCO, LVIS, Flickr30K or ODinW.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a GLIP on COCO, LVIS, Flickr30K or ODinW.", no_args_is_help=True,
+                       cls=GlipkitGroup)
 app.add_typer(eval_app, name="eval")
 
 # Options shared by the benchmarks (ModelOption, TokenizerOption, DeviceOption, ProgressOption: cli/common.py).
 BatchSizeOption = Annotated[int, typer.Option(
     "--batch-size", help="Images per forward pass. 1 reproduces the official numbers; larger is faster but "
-    "approximate (padding).")]
+    "approximate (padding).", rich_help_panel=SPEED)]
 ChunkSizeOption = Annotated[Optional[int], typer.Option(
     "--chunk-size", help="Categories per prompt chunk; image features are shared by all chunks. Unset: all in one "
-    "prompt if it fits 256 tokens, else 40 (GLIP's LVIS value).")]
+    "prompt if it fits 256 tokens, else 40 (GLIP's LVIS value).", rich_help_panel=MODEL)]
 PromptFileOption = Annotated[Optional[Path], typer.Option(
-    "--prompt-file", help="JSON/YAML file mapping class names to prompt text (prefix/name/suffix; only the name is "
-    "positive).")]
+    "--prompt-file", metavar="FILE", help="JSON/YAML file mapping class names to prompt text (prefix/name/suffix; "
+    "only the name is positive).", rich_help_panel=INPUT)]
 MaxImagesOption = Annotated[Optional[int], typer.Option(
     "--max-images", help="Evaluate only the first N images (by id; Flickr30K: with all their captions; ODinW: of "
-    "each dataset).")]
-WorkersOption = Annotated[int, typer.Option("--workers", help="Processes reading and resizing images.")]
+    "each dataset).", rich_help_panel=INPUT)]
+WorkersOption = Annotated[int, typer.Option("--workers", help="Processes reading and resizing images.",
+                                            rich_help_panel=SPEED)]
 OutOption = Annotated[Optional[Path], typer.Option(
     "--out", metavar="DIR", help="Directory for the records (detections.json or predictions.json; ODinW: one "
-    "folder per dataset) and metrics.json.")]
+    "folder per dataset) and metrics.json.", rich_help_panel=OUTPUT)]
 DetectionsOption = Annotated[Optional[Path], typer.Option(
-    "--detections", help="Score this detections json (COCO: xywh with +1; LVIS: xywh) instead of running a model.")]
+    "--detections", metavar="FILE", rich_help_panel=INPUT,
+    help="Score this detections json (COCO: xywh with +1; LVIS: xywh) instead of running a model.")]
 def _load(model: str, tokenizer: Optional[str], device: str):
     from glipkit.engine.runtime import load_model, resolve_device
 
@@ -58,6 +63,7 @@ def _detector_run(run: Callable, score: Callable, ann: Path, images: Optional[Pa
                   tokenizer: Optional[str], device: str, progress: bool):
     """COCO and LVIS: `score` a detections file, or load the model and `run` it over the images with `settings()`."""
     with ProgressDisplay(progress) as display, user_errors(display):
+        check_options(None if detections is not None else device, out=out)
         if detections is not None:
             return score(ann, detections, out)
         if images is None:
@@ -166,8 +172,10 @@ def _print_outcome(warnings: list[str], files: dict[str, str], out: Optional[Pat
 
 @eval_app.command("coco")
 def coco(
-    ann: Path = typer.Option(..., "--ann", help="COCO-format annotation json, e.g. instances_val2017.json."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image directory (`file_name` is relative to it)."),
+    ann: Path = typer.Option(..., "--ann", rich_help_panel=INPUT,
+                             help="COCO-format annotation json, e.g. instances_val2017.json."),
+    images: Optional[Path] = typer.Option(None, "--images", rich_help_panel=INPUT,
+                                          help="Image directory (`file_name` is relative to it)."),
     detections: DetectionsOption = None,
     model: ModelOption = "glip-t",
     tokenizer: TokenizerOption = None,
@@ -179,7 +187,8 @@ def coco(
     device: DeviceOption = "auto",
     workers: WorkersOption = 2,
     out: OutOption = None,
-    per_category: bool = typer.Option(True, "--per-category/--no-per-category", help="Print AP per category."),
+    per_category: bool = typer.Option(True, "--per-category/--no-per-category", rich_help_panel=OUTPUT,
+                                      help="Print AP per category."),
     progress: ProgressOption = True,
 ) -> None:
     """COCO box AP of a GLIP (class-name prompt, batch 1) or of a detections json."""
@@ -196,22 +205,25 @@ def coco(
 
 @eval_app.command("lvis")
 def lvis(
-    ann: Path = typer.Option(..., "--ann", help="LVIS annotation json, e.g. MDETR's lvis_v1_minival or lvis_v1_val."),
-    images: Optional[Path] = typer.Option(None, "--images",
+    ann: Path = typer.Option(..., "--ann", rich_help_panel=INPUT,
+                             help="LVIS annotation json, e.g. MDETR's lvis_v1_minival or lvis_v1_val."),
+    images: Optional[Path] = typer.Option(None, "--images", rich_help_panel=INPUT,
                                           help="Image directory (`file_name`, or the tail of `coco_url`)."),
     detections: DetectionsOption = None,
     model: ModelOption = "glip-t",
     tokenizer: TokenizerOption = None,
     prompt_file: PromptFileOption = None,
     chunk_size: ChunkSizeOption = 40,
-    detections_per_image: int = typer.Option(300, help="Detections kept per image and prompt chunk."),
+    detections_per_image: int = typer.Option(300, "--detections-per-image", rich_help_panel=MODEL,
+                                             help="Detections kept per image and prompt chunk."),
     batch_size: BatchSizeOption = 1,
     max_images: MaxImagesOption = None,
     precision: PrecisionOption = "fp32",
     device: DeviceOption = "auto",
     workers: WorkersOption = 2,
     out: OutOption = None,
-    per_category: bool = typer.Option(False, "--per-category/--no-per-category", help="Print AP per category."),
+    per_category: bool = typer.Option(False, "--per-category/--no-per-category", rich_help_panel=OUTPUT,
+                                      help="Print AP per category."),
     progress: ProgressOption = True,
 ) -> None:
     """LVIS fixed AP (top 10,000 detections per category; APr/APc/APf) of a GLIP or a detections json."""
@@ -229,11 +241,13 @@ def lvis(
 
 @eval_app.command("flickr30k")
 def flickr30k(
-    ann: Path = typer.Option(..., "--ann", help="MDETR's final_flickr_separateGT_{val,test}.json."),
-    images: Path = typer.Option(..., "--images", help="The flickr30k-images directory."),
+    ann: Path = typer.Option(..., "--ann", rich_help_panel=INPUT,
+                             help="MDETR's final_flickr_separateGT_{val,test}.json."),
+    images: Path = typer.Option(..., "--images", rich_help_panel=INPUT, help="The flickr30k-images directory."),
     model: ModelOption = "glip-t",
     tokenizer: TokenizerOption = None,
-    merged: bool = typer.Option(False, "--merged", help="Merge each phrase's boxes into one (the 'merged' GT)."),
+    merged: bool = typer.Option(False, "--merged", rich_help_panel=INPUT,
+                                help="Merge each phrase's boxes into one (the 'merged' GT)."),
     max_images: MaxImagesOption = None,
     precision: PrecisionOption = "fp32",
     device: DeviceOption = "auto",
@@ -248,6 +262,7 @@ def flickr30k(
     from glipkit.engine.evaluation.loop import RunSettings
 
     with ProgressDisplay(progress) as display, user_errors(display):
+        check_options(device, out=out)
         settings = RunSettings(precision=precision, max_images=max_images, workers=workers,
                                detections_per_image=FLICKR_DETECTIONS_PER_IMAGE)
         require_path(ann, "annotation file")
@@ -265,14 +280,16 @@ def flickr30k(
 
 @eval_app.command("odinw")
 def odinw(
-    root: Path = typer.Option(..., "--root", help="Directory holding odinw/ (GLIP's DATASET folder)."),
-    datasets: Optional[str] = typer.Option(None, help="Comma-separated dataset names (default: the 13 of ODinW-13)."),
-    dataset_list: Optional[Path] = typer.Option(None, "--dataset-list",
+    root: Path = typer.Option(..., "--root", rich_help_panel=INPUT,
+                              help="Directory holding odinw/ (GLIP's DATASET folder)."),
+    datasets: Optional[str] = typer.Option(None, "--datasets", metavar="A,B,...", rich_help_panel=INPUT,
+                                           show_default="the 13 of ODinW-13", help="Comma-separated dataset names."),
+    dataset_list: Optional[Path] = typer.Option(None, "--dataset-list", rich_help_panel=INPUT,
                                                 help="JSON/YAML list of {name, ann_file, img_dir[, prompt_file]}."),
     model: ModelOption = "glip-t",
     tokenizer: TokenizerOption = None,
     prompt_file: PromptFileOption = None,
-    caption_prompts: bool = typer.Option(True, "--caption-prompts/--no-caption-prompts",
+    caption_prompts: bool = typer.Option(True, "--caption-prompts/--no-caption-prompts", rich_help_panel=MODEL,
                                          help="Use GLIP's per-class prompt engineering where a dataset has it "
                                               "(a --prompt-file replaces it)."),
     chunk_size: ChunkSizeOption = None,
@@ -291,6 +308,7 @@ def odinw(
     from glipkit.engine.evaluation.loop import RunSettings
 
     with ProgressDisplay(progress) as display, user_errors(display):
+        check_options(device, out=out)
         names = [n.strip() for n in datasets.split(",") if n.strip()] if datasets else None
         chosen = odinw_datasets(names, dataset_list)
         settings = RunSettings(batch_size=batch_size, chunk_size=chunk_size, precision=precision,

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
 from glipkit.cli.app import app
-from glipkit.cli.common import (Extractor, ExtractorOption, LowercaseOption, MaxPhrasesOption, MinCharsOption,
-                                NgramMaxNOption, ProgressDisplay, ProgressOption, SpacyModelOption,
-                                StripDeterminersOption, user_errors)
+from glipkit.cli.common import (INPUT, OUTPUT, PHRASES, SPEED, Extractor, ExtractorOption, LowercaseOption,
+                                MaxPhrasesOption, MinCharsOption, NgramMaxNOption, OverwriteOption, ProgressDisplay,
+                                ProgressOption, SpacyModelOption, StripDeterminersOption, check_options, user_errors)
 
 
 @app.command("extract-phrases")
@@ -21,7 +20,8 @@ def extract_phrases_command(
         metavar="SPEC",
         help="WebDataset tar shards (img2dataset layout): a path, brace range 'data/{00000..00099}.tar', glob, "
         "directory, text file listing shards, or a comma list. Captions come from .txt (else the 'caption' "
-        "of .json); images are not read.",
+        "of .json); images are not read. Quote globs.",
+        rich_help_panel=INPUT,
     ),
     captions: Optional[str] = typer.Option(
         None,
@@ -29,8 +29,10 @@ def extract_phrases_command(
         metavar="FILE",
         help="Caption files instead of shards: .jsonl with key/caption, .parquet with key/caption columns, or "
         ".txt with one caption a line (comma list, glob or directory allowed).",
+        rich_help_panel=INPUT,
     ),
-    out: Path = typer.Option(..., "--out", help="Output directory: one <shard>.phrases.parquet per input and _stats.json."),
+    out: str = typer.Option(..., "--out", metavar="DIR", rich_help_panel=OUTPUT,
+                             help="Output directory: one <shard>.phrases.parquet per input and _stats.json."),
     extractor: ExtractorOption = Extractor.spacy,
     spacy_model: SpacyModelOption = "en_core_web_sm",
     workers: Optional[int] = typer.Option(
@@ -39,16 +41,19 @@ def extract_phrases_command(
         min=1,
         show_default="CPU cores",
         help="Processes, each loading spaCy once; shards are spread over them.",
+        rich_help_panel=SPEED,
     ),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Captions per nlp.pipe batch."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Captions per nlp.pipe batch.",
+                                   rich_help_panel=SPEED),
     lowercase: LowercaseOption = False,
     strip_determiners: StripDeterminersOption = False,
     max_phrases: MaxPhrasesOption = None,
     min_chars: MinCharsOption = 1,
     ngram_max_n: NgramMaxNOption = 10,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose output exists (default: skip them)."),
+    overwrite: OverwriteOption = False,
     download: bool = typer.Option(
-        True, "--download/--no-download", help="Allow spaCy's downloader when the model is not installed."
+        True, "--download/--no-download", help="Allow spaCy's downloader when the model is not installed.",
+        rich_help_panel=PHRASES,
     ),
     progress: ProgressOption = True,
 ) -> None:
@@ -62,6 +67,7 @@ def extract_phrases_command(
     """
     from glipkit.engine.labelling.extract_phrases import ExtractPhrasesSettings, resolve_inputs, run_extract_phrases
     from glipkit.engine.shard_job import DONE, EXISTS, FAILED, PARTIAL, UNREADABLE
+    from glipkit.cli.common import print_not_done
     from glipkit.text.phrases import PhraseOptions
 
     options = PhraseOptions(
@@ -81,6 +87,7 @@ def extract_phrases_command(
     )
     interrupted = "Interrupted: finished shards are kept; run the same command again to resume."
     with ProgressDisplay(enabled=progress) as display, user_errors(display, interrupted):
+        check_options(out=out)
         inputs = resolve_inputs(shards, captions)
         report = run_extract_phrases(inputs, out, settings, workers=workers, progress=display.update)
 
@@ -89,10 +96,8 @@ def extract_phrases_command(
         f"{report.count(PARTIAL)} damaged (readable part written), {report.count(UNREADABLE)} unreadable, "
         f"{report.count(FAILED)} failed. Captions: {report.written} written, "
         f"{report.skipped} skipped; {report.read_per_second:.0f} captions/s. "
-        f"Stats: {Path(out) / '_stats.json'}"
+        f"Stats: {report.stats_path}"
     )
-    for result in report.results:
-        if result.status in (PARTIAL, UNREADABLE, FAILED):
-            typer.echo(f"{result.status}: {result.error}", err=True)
-    if report.failed:
+    print_not_done(report, "inputs")
+    if report.not_done:
         raise typer.Exit(1)
