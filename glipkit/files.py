@@ -12,7 +12,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 TEMPORARY_MARK = ".tmp-"  # hidden temporary names are `.<name>.tmp-<pid>-<random>`
 
@@ -83,9 +83,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_json_atomic(path: str | os.PathLike, value: Any, indent: int | None = 1) -> Path:
-    """Write `value` as JSON to `path` atomically (non-JSON values such as paths are written as strings)."""
-    return write_text_atomic(path, json.dumps(value, indent=indent, ensure_ascii=False, default=str) + "\n")
+def write_json_atomic(path: str | os.PathLike, value: Any, indent: int | None = 1,
+                      default: Callable[[Any], Any] = str) -> Path:
+    """Write `value` as JSON to `path` atomically; `default` turns other values into JSON (paths: strings)."""
+    return write_text_atomic(path, json.dumps(value, indent=indent, ensure_ascii=False, default=default) + "\n")
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

@@ -32,7 +32,10 @@ def test_quick_cpu_run_writes_every_row(tmp_path: Path) -> None:
     within, compared = re.match(r"(\d+)/(\d+) tensors", rows["correctness", "fixture fp32: intermediates"]["note"]).groups()
     assert within == compared and int(compared) > 0
     bf16 = rows["correctness", "fixture bf16 vs fp32: detections"]
-    assert bf16["max_box_diff"] is not None and bf16["max_score_diff"] < 0.5
+    # bf16 (8-bit mantissa) moves scores and boxes a little; on this CPU 198/200 fp32 detections keep their label
+    # at IoU >= 0.5 and scores move by 0.11 at most.
+    matched, total = (int(v) for v in re.match(r"(\d+)/(\d+) fp32 detections matched", bf16["note"]).groups())
+    assert total > 0 and matched >= 0.95 * total and bf16["max_score_diff"] < 0.2
     for (section, _), r in rows.items():
         if section in ("teacher", "levers", "pipeline"):
             assert r["images"] > 0 and r["images_per_s"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -77,15 +78,21 @@ def test_predict_reads_16_bit_images_like_the_shard_decoder(images):
     assert 100 < pixels[0, 40, 0] < 160
 
 
-def test_predict_bad_image_is_one_line_exit_2(tiny_tokenizer_dir, tmp_path):
+def test_a_bad_image_is_one_line_and_exit_1_and_the_others_are_still_predicted(images, checkpoint,
+                                                                                tiny_tokenizer_dir, tmp_path):
+    colour, _ = images
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     _register_commands()
-    result = CliRunner().invoke(app, ["predict", str(bad), "--prompt", "a dog", "--model", MODEL,
-                                      "--tokenizer", str(tiny_tokenizer_dir), "--device", "cpu"])
-    assert result.exit_code == 2
+    result = CliRunner().invoke(app, ["predict", str(bad), str(colour), "--prompt", "a dog", "--model",
+                                      str(checkpoint), "--tokenizer", str(tiny_tokenizer_dir), "--device", "cpu",
+                                      "--box-threshold", "0.0", "--json"])
+    assert result.exit_code == 1
     assert "Traceback" not in result.output
-    assert f"cannot read image {bad}" in result.output and "not a decodable image" in result.output
+    [error] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert error.startswith(f"error: cannot read image {bad}: not a decodable image: ")
+    [line] = [line for line in result.stdout.splitlines() if line.strip()]
+    assert json.loads(line)["image"] == str(colour) and json.loads(line)["boxes"]
 
 
 def test_preset_models_are_the_same_in_every_command(tiny_tokenizer_dir):

@@ -152,3 +152,31 @@ def test_job_finishes_and_reports_every_bad_sample(tmp_path, tiny_tokenizer):
     assert stats["totals"]["failed"] == 7 and stats["totals"]["phrases_beyond_token_limit"] == len(beyond)
     assert not (tmp_path / "out" / "00002.labels.parquet").exists()
     assert torch.get_num_threads() >= 1
+
+
+def test_a_model_that_fails_on_every_image_fails_the_shard_and_a_rerun_redoes_it(tmp_path, tiny_tokenizer,
+                                                                                  monkeypatch):
+    from glipkit.engine.predictor import Predictor
+
+    samples = [(f"{i:03d}", {"jpg": _jpeg((90, 70)), "txt": b"a red circle on the grass"}) for i in range(3)]
+    shards = [write_shard(tmp_path / "shards" / "00000.tar", samples)]
+    settings = PseudoLabelSettings(
+        extraction=ExtractPhrasesSettings(extractor="spacy", options=PhraseOptions()),
+        filters=filter_settings("none"), batch_size=2, workers=0, image_size=(64, 96),
+    )
+    real_ground = Predictor.ground
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(Predictor, "ground", broken)
+    report = run_pseudo_label(shards, tmp_path / "out", tiny_teacher(tiny_tokenizer), settings)
+    [result] = report.results
+    assert result.status == "failed" and "illegal memory access" in result.error
+    assert report.not_done == [result]  # exit code 1
+    assert not list((tmp_path / "out").glob("*.labels.parquet"))  # no empty table that a rerun would skip
+
+    monkeypatch.setattr(Predictor, "ground", real_ground)
+    rerun = run_pseudo_label(shards, tmp_path / "out", tiny_teacher(tiny_tokenizer), settings)
+    assert [r.status for r in rerun.results] == ["done"]
+    assert sorted(r["key"] for r in read_rows(tmp_path / "out")) == ["000", "001", "002"]

@@ -283,3 +283,31 @@ def test_s3_in_and_out_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run
     stats = json.loads(fs.cat("bucket/labels/_stats.json"))
     assert stats["totals"]["shards"] == 6 and stats["totals"]["written"] == 12
     assert not [n for n in fs.find("bucket/labels") if "/_claims/" in n]  # the killed run's claims were taken over
+
+
+def test_a_stale_claim_is_taken_over_by_exactly_one_of_two_runs(tmp_path):
+    from glipkit.engine.claims import Claims, claim_name
+    from glipkit.engine.output_dir import OutputDir
+
+    out = OutputDir(tmp_path / "out")
+    out.makedirs()
+    crashed = Claims(out, "pseudo-label", stale_after_s=60)
+    assert crashed.acquire("00000.labels.parquet") is None
+    path = out.local_path(claim_name("00000.labels.parquet"))
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+    content = json.loads(path.read_text())
+    path.write_text(json.dumps({**content, "time": time.time() - 3600, "pid": 2 ** 22 + 12345}))  # dead, old
+
+    first, second = Claims(out, "pseudo-label", stale_after_s=60), Claims(out, "pseudo-label", stale_after_s=60)
+    stale = first.holder("00000.labels.parquet")
+    assert first.is_stale(stale) and second.is_stale(stale)
+    # Both read the same stale claim; the first takes it over, the second must not remove the first's fresh claim.
+    assert out.remove_if_token(claim_name("00000.labels.parquet"), stale["token"])
+    assert first.acquire("00000.labels.parquet") is None
+    assert not out.remove_if_token(claim_name("00000.labels.parquet"), stale["token"])
+    assert json.loads(path.read_text())["token"] == first.held["00000.labels.parquet"]  # the fresh claim stays
+
+    # A claim left empty by a run killed while creating it goes stale by its file time, not never.
+    path.write_text("")
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+    assert second.is_stale(second.holder("00000.labels.parquet"))

@@ -42,5 +42,7 @@ def demo_command(
         typer.echo(f"{name}: {path}")
     if model.startswith("preset:"):
         typer.echo("(random weights: the pipeline ran end to end, but the boxes mean nothing; use --model glip-t)")
-    if report.failed_shards:
+    if report.not_done:
+        for line in report.not_done:
+            typer.echo(line, err=True)
         raise typer.Exit(1)

@@ -57,6 +57,10 @@ def predict(
             from glipkit.engine.predict import write_predictions_table
 
             write_predictions_table(results, table, prompt if prompt is not None else ". ".join(class_list))
+    failed = [r for r in results if r.error is not None]
+    results = [r for r in results if r.error is None]
+    for result in failed:
+        typer.echo(f"error: {result.error}", err=True)
     if as_json:
         for result in results:
             typer.echo(json.dumps({
@@ -64,8 +68,10 @@ def predict(
                 "scores": [round(s, 4) for s in result.scores], "phrases": [result.phrases[i] for i in result.labels],
                 "drawn": str(result.drawn) if result.drawn else None,
             }))
-        return
-    _print_tables(results)
+    else:
+        _print_tables(results)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _print_tables(results) -> None:

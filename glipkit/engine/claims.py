@@ -62,8 +62,11 @@ class Claims:
             return self.out.read_json(claim_name(output_name), "claim")
         except FileNotFoundError:
             return None
-        except ValueError:
-            return {"time": time.time()}  # being written right now: live
+        except ValueError:  # being written right now, or left half-written by a run killed while creating it
+            try:
+                return {"time": self.out.modified(claim_name(output_name))}
+            except (OSError, NotImplementedError):
+                return {"time": time.time()}
 
     def is_stale(self, claim: dict[str, Any]) -> bool:
         if time.time() - float(claim.get("time", 0)) > self.stale_after_s:
@@ -77,7 +80,7 @@ class Claims:
     def acquire(self, output_name: str) -> dict[str, Any] | None:
         """Claim an output: None when this run now holds it, else the live claim of the run that does."""
         token = uuid.uuid4().hex
-        for _ in range(2):
+        for _ in range(3):
             if self.out.create_exclusive(claim_name(output_name), self._content(token)):
                 with self._lock:
                     self.held[output_name] = token
@@ -87,7 +90,9 @@ class Claims:
                 continue  # released meanwhile
             if not self.is_stale(current):
                 return current
-            self.out.remove(claim_name(output_name))  # a crashed run's claim
+            # A crashed run's claim: removed only if it is still that claim, so two runs taking it over at once
+            # cannot both remove it (one would remove the other's fresh claim) and both label the input.
+            self.out.remove_if_token(claim_name(output_name), current.get("token"))
         return self.holder(output_name) or {"time": time.time()}
 
     def remove_stale(self, output_names: list[str]) -> None:
@@ -97,7 +102,7 @@ class Claims:
             if claim_name(name).rsplit("/", 1)[-1] in present:
                 claim = self.holder(name)
                 if claim is not None and self.is_stale(claim):
-                    self.out.remove(claim_name(name))
+                    self.out.remove_if_token(claim_name(name), claim.get("token"))
 
     def release(self, output_name: str) -> None:
         with self._lock:  # never while a refresh rewrites it

@@ -25,19 +25,20 @@ class DemoReport:
     labels_dir: Path
     rows: int
     boxes: int
-    failed_shards: int
+    not_done: list[str]  # inputs of either step that were not read to the end or not written (exit code 1)
     views: dict[str, Path] = field(default_factory=dict)  # "gallery" / "report" -> the file to open
 
 
 def _check_model(model: str, tokenizer: str | None) -> None:
-    """Fetch the named model's weights and the Hub tokenizer first: offline, one line offering a smoke run."""
+    """Fetch the tokenizer, then the named model's weights, before any work: offline, one line offering a smoke
+    run."""
     from glipkit.engine.runtime import model_source
     from glipkit.model.hub import NAMED_MODELS, WeightsUnavailableError, download_named_model, load_tokenizer
 
-    try:
+    try:  # the tokenizer first, as every command resolves it
+        load_tokenizer(tokenizer)
         if model_source(model).spec in NAMED_MODELS:
             download_named_model(model)
-        load_tokenizer(tokenizer)
     except WeightsUnavailableError as error:
         raise GlipkitUsageError(f"{error}. For a smoke run with random weights and no download: glipkit demo "
                                 f"--model {SMOKE_MODEL}") from None
@@ -61,11 +62,13 @@ def run_demo(out: str | os.PathLike, model: str = "glip-t", tokenizer: str | Non
     _check_model(model, tokenizer)
     shards = write_demo_shards(out / "shards", num_shards, samples_per_shard)
     extraction = ExtractPhrasesSettings()
-    run_extract_phrases([str(s) for s in shards], out / "phrases", extraction, workers=1, progress=progress)
+    phrases = run_extract_phrases([str(s) for s in shards], out / "phrases", extraction, workers=1,
+                                  progress=progress)
     settings = PseudoLabelSettings(phrases_dir=out / "phrases", extraction=extraction, workers=0)
     job = pseudo_label([str(s) for s in shards], out / "labels", model, tokenizer, device, settings,
                        progress=progress)
-    report = DemoReport(shards, out / "phrases", out / "labels", job.written, job.total("boxes"), len(job.failed))
+    not_done = [f"{r.status}: {r.input}: {r.error}" for r in phrases.not_done + job.not_done]
+    report = DemoReport(shards, out / "phrases", out / "labels", job.written, job.total("boxes"), not_done)
     report.views = _views(out)
     return report
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -77,6 +78,12 @@ class OutputDir:
         self.fs.invalidate_cache(self._remote(name))
         return self.fs.isfile(self._remote(name))
 
+    def modified(self, name: str) -> float:
+        """When `name` was last written (seconds since the epoch)."""
+        if self.fs is None:
+            return os.path.getmtime(Path(self.root) / name)
+        return self.fs.modified(self._remote(name)).timestamp()
+
     def open(self, name: str) -> IO[bytes]:
         """`name` opened for reading bytes."""
         return open(Path(self.root) / name, "rb") if self.fs is None else self.fs.open(self._remote(name), "rb")
@@ -134,6 +141,33 @@ class OutputDir:
                 return False
             raise
         return True
+
+    def remove_if_token(self, name: str, token: Any) -> bool:
+        """Remove the JSON file `name` only if its `token` is still `token` (a stale claim being taken over); False
+        when it is gone or was replaced. Locally one atomic rename decides, so two runs taking over the same stale
+        claim cannot both win; remotely read-compare-delete (object stores have no rename), a narrow window."""
+        if self.fs is not None:
+            try:
+                if self.read_json(name, "claim").get("token") != token:
+                    return False
+            except (FileNotFoundError, ValueError):
+                return False
+            self.remove(name)
+            return True
+        path = Path(self.root) / name
+        tomb = path.with_name(f".{path.name}.taken-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(path, tomb)  # only one run can move this file away
+        except FileNotFoundError:
+            return False
+        try:
+            if json.loads(tomb.read_text(encoding="utf-8") or "{}").get("token") == token:
+                return True
+            with contextlib.suppress(FileExistsError):  # a live claim replaced the stale one meanwhile: put it back
+                os.link(tomb, path)
+            return False
+        finally:
+            tomb.unlink(missing_ok=True)
 
     def remove(self, name: str) -> None:
         if self.fs is None:

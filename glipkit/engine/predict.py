@@ -20,6 +20,7 @@ class FilePrediction:
     labels: list[int]
     phrases: list[str]
     drawn: Path | None = None
+    error: str | None = None  # why the file could not be read; its lists are then empty
 
 
 def read_image_file(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
@@ -36,19 +37,26 @@ def predict_files(predictor: Predictor, paths: Sequence[Path], prompt: str | Non
                   classes: Sequence[str] | None = None, box_threshold: float = 0.5,
                   draw_dir: Path | None = None, batch_size: int = 1) -> list[FilePrediction]:
     """Ground `classes` or the '.'-separated phrases of `prompt` in each image, `batch_size` images per model
-    pass; optionally save drawn copies."""
+    pass; optionally save drawn copies. A file that cannot be read gets a result with its `error`."""
     from glipkit.viz import drawn_names
 
     names = drawn_names(paths)
     results = []
     for start in range(0, len(paths), max(1, batch_size)):
-        group = list(paths[start: start + batch_size])
-        images = [read_image_file(path) for path in group]
-        predictions = predictor.predict(images, prompts=prompt, classes=classes, box_threshold=box_threshold,
-                                        batch_size=batch_size)
+        readable = []
+        for path in paths[start: start + batch_size]:
+            try:
+                readable.append((path, read_image_file(path)))
+            except ValueError as error:  # one bad file must not lose the others' results
+                results.append(FilePrediction(Path(path), [], [], [], [], error=str(error)))
+        if not readable:
+            continue
+        predictions = predictor.predict([image for _, image in readable], prompts=prompt, classes=classes,
+                                        box_threshold=box_threshold, batch_size=batch_size)
         results += [_file_result(path, image, prediction, draw_dir and draw_dir / names[str(path)])
-                    for path, image, prediction in zip(group, images, predictions)]
-    return results
+                    for (path, image), prediction in zip(readable, predictions)]
+    order = {str(path): i for i, path in enumerate(paths)}
+    return sorted(results, key=lambda r: order[str(r.path)])
 
 
 def _file_result(path, image, prediction, drawn: Path | None) -> FilePrediction:
@@ -69,6 +77,7 @@ def write_predictions_table(results: Sequence[FilePrediction], path: str | Path,
     from glipkit.data.tables import LABELS_SCHEMA, write_table
     from glipkit.viz import drawn_names
 
+    results = [r for r in results if r.error is None]
     keys = drawn_names([r.path for r in results], suffix="")
     rows = []
     for result in results:

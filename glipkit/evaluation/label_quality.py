@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from glipkit.evaluation.coco import evaluate_coco, read_coco_json
+from glipkit.evaluation.flickr import box_iou_xyxy
 from glipkit.evaluation.label_stats import THRESHOLDS
 
 
@@ -43,22 +44,11 @@ def read_gold(path: str | Path) -> tuple[dict, dict[int, str], dict[str, GoldIma
     return data, categories, images
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of exclusive xyxy boxes."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod((rb - lt).clip(min=0), axis=2)
-    area = lambda x: np.prod((x[:, 2:] - x[:, :2]).clip(min=0), axis=1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def greedy_matches(boxes: np.ndarray, scores: np.ndarray, gold: np.ndarray, iou: float) -> np.ndarray:
     """For boxes of one category in one image: whether each matches a gold box (greedy, best score first)."""
     matched = np.zeros(len(scores), bool)
     free = np.ones(len(gold), bool)
-    overlaps = box_iou(boxes, gold)
+    overlaps = box_iou_xyxy(boxes, gold)
     for i in np.argsort(-np.asarray(scores), kind="stable"):
         if not free.any():
             break

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from glipkit.errors import GlipkitUsageError
-from glipkit.files import read_json
+from glipkit.text.class_list import read_class_aliases
 
 _ARTICLE = re.compile(r"^(a|an|the)\s+")
 _EDGE_PUNCTUATION = " \t\n.,;:!?'\"()[]{}"
@@ -70,31 +69,9 @@ class CategoryMap:
 
 
 def read_classes_file(path: str | Path) -> CategoryMap:
-    """A classes file: text with one class a line (`name` or `name: alias, alias` to merge phrases into it), a
-    JSON list of names, a JSON object {name: [aliases]}, or COCO json (its categories)."""
+    """A classes file (text `name` or `name: alias, alias` lines, a JSON list, {name: [aliases]} or COCO json),
+    read by the one `--classes` reader, text/class_list.read_class_aliases."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classes file not found: {path}")
-    if path.suffix.lower() == ".json":
-        data = read_json(path, "classes file")
-        if isinstance(data, dict) and "categories" in data:
-            data = [c["name"] for c in sorted(data["categories"], key=lambda c: c.get("id", 0))]
-        if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
-            return CategoryMap.from_classes({str(k): [str(a) for a in v] for k, v in data.items()})
-        if isinstance(data, list) and all(isinstance(c, str) for c in data) and data:
-            return CategoryMap.from_classes([c.strip() for c in data])
-        raise GlipkitUsageError(f"{path}: expected a list of class names, {{name: [aliases]}} or COCO json")
-    classes: dict[str, list[str]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, _, merged = line.partition(":")
-        if not name.strip():
-            raise GlipkitUsageError(f"{path}:{number}: a class line needs a name before ':'")
-        if name.strip() in classes:
-            raise GlipkitUsageError(f"{path}:{number}: class {name.strip()!r} listed twice")
-        classes[name.strip()] = [a.strip() for a in merged.split(",") if a.strip()]
-    if not classes:
-        raise GlipkitUsageError(f"{path}: names no class")
-    return CategoryMap.from_classes(classes)
+    return CategoryMap.from_classes(read_class_aliases(path))

@@ -19,7 +19,7 @@ import numpy as np
 
 from glipkit import __version__
 from glipkit.engine.evaluation.loop import LoopStats, RunSettings
-from glipkit.files import atomic_path
+from glipkit.files import atomic_path, write_json_atomic
 from glipkit.text.vocabulary import ClassVocabulary
 
 
@@ -62,9 +62,7 @@ def output_dir(out_dir: str | Path | None) -> Path | None:
 
 def write_json(path: Path, payload: Any) -> Path:
     """Write `payload` as indented json (numpy values as numbers), atomically."""
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1, default=_json_default)
-    return path
+    return write_json_atomic(path, payload, default=_json_default)
 
 
 def write_records(path: Path, records: Iterable[Mapping[str, Any]]) -> Path:

@@ -46,8 +46,8 @@ from glipkit.engine.labelling.extract_phrases import ExtractPhrasesSettings
 from glipkit.engine.labelling.filters import NO_PHRASES, PHRASES_BEYOND_TOKEN_LIMIT, PRESETS, FilterSettings, \
     apply_filters, postprocess_for
 from glipkit.engine.labelling.stats import ShardStats, rank_stats_path, read_rank_runs, summary
-from glipkit.engine.labelling.teacher_data import CAPTION, CLASSES, PROMPT_MODES, ImageBatch, LoaderSettings, \
-    SampleRecord, ShardEnd, TeacherDataset, phrases_path
+from glipkit.engine.labelling.teacher_data import CAPTION, CLASSES, EXTRACTION_FAILED, PROMPT_MODES, ImageBatch, \
+    LoaderSettings, SampleRecord, ShardEnd, TeacherDataset, phrases_path
 from glipkit.engine.predictor import Grounding, Predictor, PredictorSettings
 from glipkit.model.config import SpeedConfig
 from glipkit.engine.progress import ProgressCallback, ProgressEvent
@@ -423,10 +423,18 @@ class _Job:
         seconds = time.perf_counter() - state.started
         name = self.outputs[end.shard]
         target = self.out.path(name)
-        writes = end.status in (DONE, PARTIAL)
-        result = ShardResult(end.shard, end.status, target if writes else None, end.read, state.stats.written,
-                             state.stats.failed, {"boxes": state.stats.boxes}, end.error, round(seconds, 3))
-        entry = state.stats.entry(end.status, end.read, result.output, end.error, seconds, end.image_pixels,
+        status, error = end.status, end.error
+        job_failures = sum(state.stats.failed.by_reason[r] for r in (MODEL_ERROR, EXTRACTION_FAILED))
+        if status in (DONE, PARTIAL) and job_failures and state.stats.labelled == 0:
+            # Every sample that reached the model (or the extractor) failed there: the fault is not in the data, so
+            # the shard is failed (exit 1, redone by a rerun), never an empty table that a rerun would skip.
+            reason = next((k.get("detail") or k["reason"] for k in state.stats.failed.keys
+                           if k["reason"] in (MODEL_ERROR, EXTRACTION_FAILED)), "see _stats.json")
+            status, error = FAILED, f"all {job_failures} samples failed in the job itself, e.g. {reason}"
+        writes = status in (DONE, PARTIAL)
+        result = ShardResult(end.shard, status, target if writes else None, end.read, state.stats.written,
+                             state.stats.failed, {"boxes": state.stats.boxes}, error, round(seconds, 3))
+        entry = state.stats.entry(status, end.read, result.output, error, seconds, end.image_pixels,
                                   end.batch_pixels)
         try:
             self.stats.write(end.shard, entry)  # before the table: a finished table always has its entry
