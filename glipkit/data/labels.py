@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
+
 from glipkit.data.images import IMAGE_EXTENSIONS, find_image_member
 from glipkit.data.pseudo import PseudoAnnotation, PseudoFilter, filter_row
 from glipkit.data.shards import ShardReadError, expand_shards, iter_samples, locate_shard, shard_stem
@@ -70,6 +72,12 @@ def resolve_shards(items: Iterable[LabelledImage], shards: str | os.PathLike | S
         if item.shard not in found:
             found[item.shard] = locate_shard(item.table, item.shard, by_stem)
     return found
+
+
+def exclusive_boxes(boxes) -> np.ndarray:
+    """The tables' boxes (GLIP's +1 convention: x1, y1 are the last pixels, §7.4) as exclusive xyxy, where
+    x1 - x0 is the width: what COCO xywh, YOLO, ODVG and box sizes mean."""
+    return np.asarray(boxes, np.float64).reshape(-1, 4) + np.array([0, 0, 1, 1], np.float64)
 
 
 def is_image_file(path: str) -> bool:

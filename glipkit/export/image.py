@@ -7,6 +7,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from glipkit.data.labels import exclusive_boxes
+
 
 @dataclass
 class ExportImage:
@@ -25,7 +27,7 @@ class ExportImage:
 
     def exclusive_boxes(self) -> np.ndarray:
         """xyxy with exclusive x1, y1 (x1 = x0 + width): the boxes COCO xywh, YOLO and ODVG describe."""
-        return self.boxes.astype(np.float64) + np.array([0, 0, 1, 1], np.float64)
+        return exclusive_boxes(self.boxes)
 
 
 def safe_file_name(key: str, extension: str) -> str:

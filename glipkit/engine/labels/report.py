@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from glipkit.data.labels import read_labelled
+from glipkit.data.labels import exclusive_boxes, read_labelled
 from glipkit.data.tables import label_table_paths
 from glipkit.evaluation.label_quality import QualityCounter, best_threshold, coco_ap, read_gold
 from glipkit.evaluation.label_stats import LabelStats
@@ -74,7 +74,7 @@ def make_report(labels: str | os.PathLike | Sequence[str | os.PathLike], out: st
         labels_ = item.labels
         texts = [labels_.phrases[int(p)][0] for p in labels_.phrase_index]
         area = float(max(labels_.width, 1) * max(labels_.height, 1))
-        boxes = labels_.boxes.astype(np.float64) + np.array([0, 0, 1, 1])
+        boxes = exclusive_boxes(labels_.boxes)
         sizes = np.sqrt(np.prod((boxes[:, 2:] - boxes[:, :2]).clip(min=0), axis=1) / area)
         normalised = [normalise_phrase(t) for t in texts]
         for stats in (run, shards.setdefault(item.table.name, LabelStats())):
