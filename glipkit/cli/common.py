@@ -34,9 +34,13 @@ def fail(message: str) -> None:
 
 
 def is_user_error(error: BaseException) -> bool:
-    """True for errors whose message tells the user what to fix (bad options, missing files or weights)."""
-    if isinstance(error, (GlipkitUsageError, FileNotFoundError, ValueError)):
+    """True for errors whose message tells the user what to fix (bad options, missing files or weights): glipkit's
+    own, and plain ValueError / FileNotFoundError as glipkit raises them. A library's subclass of them (pyarrow's
+    ArrowInvalid, a JSONDecodeError glipkit did not wrap) is a bug to see with its traceback, not a usage error."""
+    if isinstance(error, GlipkitUsageError):
         return True
+    if isinstance(error, (FileNotFoundError, ValueError)):
+        return type(error) in (FileNotFoundError, ValueError) or type(error).__module__.startswith("glipkit")
     for module_name, class_name in _USER_ERRORS:
         cls = getattr(sys.modules.get(module_name), class_name, None)
         if cls is not None and isinstance(error, cls):
