@@ -1,4 +1,4 @@
-"""`glipkit models list|download|convert`: the official checkpoints."""
+"""`glipkit models list|download|convert|average`: the official checkpoints and weight averaging."""
 
 from __future__ import annotations
 
@@ -57,3 +57,23 @@ def convert(
         model = GLIP.from_pretrained(source, load_tokenizer_now=False)
         model.save_pretrained(output, {"source": source.name})
     typer.echo(f"wrote {output}")
+
+
+@models_app.command("average")
+def average(
+    first: Path = typer.Argument(..., help="A glipkit .safetensors (its config is kept)."),
+    second: Path = typer.Argument(..., help="A .safetensors of the same architecture."),
+    out: Path = typer.Option(..., "--out", help="Where to write the averaged .safetensors."),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of FIRST (1 - alpha: SECOND)."),
+) -> None:
+    """Weight-space ensembling (OWL-ST): write alpha * FIRST + (1 - alpha) * SECOND."""
+    with user_errors():
+        from glipkit.engine.checks import check_output_file
+
+        require_path(first, "checkpoint")
+        require_path(second, "checkpoint")
+        check_output_file(out, "--out")
+        from glipkit.engine.average import average_checkpoints
+
+        average_checkpoints(first, second, out, alpha)
+    typer.echo(f"wrote {out}")

@@ -97,6 +97,25 @@ def train_student_command(
         help="caption: the row's caption grounds its phrases; classes: GLIP's detection prompt from the phrase "
         "texts with sampled negatives; auto: caption when the phrases are spans of the caption.",
     ),
+    pseudo_box_loss: float = typer.Option(
+        1.0, "--pseudo-box-loss", rich_help_panel=FILTERS, min=0.0,
+        help="Weight of the box-regression and centerness loss on pseudo boxes (0: classification only, "
+        "as YOLO-World trains its pseudo boxes).",
+    ),
+    pseudo_score_weights: bool = typer.Option(
+        False, "--pseudo-score-weights", rich_help_panel=FILTERS,
+        help="Score-aware pseudo-labels: the token loss of each pseudo box times the teacher's score.",
+    ),
+    pseudo_negatives: bool = typer.Option(
+        False, "--pseudo-negatives", rich_help_panel=FILTERS,
+        help="Pseudo negatives (OWL-ST): classes prompts always name the classes the teacher was asked about and "
+        "found no box for, as negatives of the token loss (caption prompts name them already).",
+    ),
+    pack_negative_captions: bool = typer.Option(
+        False, "--pack-negative-captions", rich_help_panel=FILTERS,
+        help="Negative caption packing (GLIP appendix C.1): caption prompts (grounding, caption-mode pseudo) get "
+        "the batch's other captions appended as negatives, within the token limit.",
+    ),
     mix: Optional[str] = typer.Option(None, "--mix", rich_help_panel=INPUT, metavar="NAME=R,...",
                                       help="Sampling ratio of the sources, e.g. gold=1,pseudo=3 (default equal)."),
     shots: Optional[int] = typer.Option(None, "--shots", rich_help_panel=INPUT,
@@ -186,7 +205,8 @@ def train_student_command(
         odvg_label_map=_text(odvg_label_map), pseudo=_text(pseudo), pseudo_shards=pseudo_shards,
         pseudo_min_score=pseudo_min_score, pseudo_min_boxes=pseudo_min_boxes, pseudo_nms=pseudo_nms,
         pseudo_max_boxes=pseudo_max_boxes, pseudo_agnostic_nms=pseudo_agnostic_nms, pseudo_prompt=pseudo_prompt.value,
-        mix=mix, shots=shots, box_policy=box_policy.value, train_min_sizes=_sizes(train_sizes, "--train-sizes"),
+        pseudo_box_loss=pseudo_box_loss, pseudo_score_weights=pseudo_score_weights, pseudo_negatives=pseudo_negatives,
+        pack_negative_captions=pack_negative_captions, mix=mix, shots=shots, box_policy=box_policy.value, train_min_sizes=_sizes(train_sizes, "--train-sizes"),
         max_size=max_size, flip_prob=flip_prob, max_image_pixels=max_image_pixels,
     )
     config = TrainConfig(

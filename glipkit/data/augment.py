@@ -27,6 +27,8 @@ class TransformedExample:
     box_spans: list[list[Span]]
     source: str
     box_events: dict[str, int]
+    token_weights: np.ndarray | None = None
+    box_weights: np.ndarray | None = None
 
 
 class TrainTransform:
@@ -68,6 +70,8 @@ class TrainTransform:
             box_spans=example.box_spans,
             source=example.source,
             box_events=dict(example.box_events),
+            token_weights=example.token_weights,
+            box_weights=example.box_weights,
         )
 
 

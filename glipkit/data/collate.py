@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Collection, Sequence
 
 import torch
 from torch import Tensor
@@ -13,6 +13,11 @@ from glipkit.data.augment import TransformedExample
 from glipkit.model.loss import GroundingTargets
 from glipkit.model.prompts import encode_prompts
 from glipkit.model.transforms import batch_images
+
+
+def _map_targets(target: GroundingTargets, fn: Callable[[Tensor], Tensor]) -> GroundingTargets:
+    """`target` with `fn` applied to each of its tensors."""
+    return replace(target, **{name: fn(value) for name, value in vars(target).items() if value is not None})
 
 
 @dataclass
@@ -45,7 +50,7 @@ class TrainingBatch:
         """Page-locked copies of the tensors (DataLoader pin_memory=True calls this)."""
         return TrainingBatch(
             self.images.pin_memory(), self.image_sizes, self.input_ids.pin_memory(), self.attention_mask.pin_memory(),
-            [GroundingTargets(t.boxes.pin_memory(), t.positive_map.pin_memory()) for t in self.targets],
+            [_map_targets(t, Tensor.pin_memory) for t in self.targets],
             self.keys, self.sources, self.events, self.step, self.skipped,
         )
 
@@ -54,22 +59,51 @@ class TrainingBatch:
         return TrainingBatch(
             self.images.to(device, non_blocking=True), self.image_sizes, self.input_ids.to(device),
             self.attention_mask.to(device),
-            [GroundingTargets(t.boxes.to(device), t.positive_map.to(device)) for t in self.targets],
+            [_map_targets(t, lambda x: x.to(device)) for t in self.targets],
             self.keys, self.sources, self.events, self.step, self.skipped,
         )
 
 
 class GroundingCollator:
-    """Examples -> TrainingBatch; text padded to the batch's longest prompt plus one padding position."""
+    """Examples -> TrainingBatch; text padded to the batch's longest prompt plus one padding position.
 
-    def __init__(self, tokenizer, max_query_len: int = 256, size_divisibility: int = 32) -> None:
+    `pack_sources`: negative caption packing (GLIP appendix C.1): the prompt of an example from one of these
+    sources gets the other such captions of the batch appended (". "-separated, while they fit in the token
+    limit) as negatives: their tokens are in the text with no box.
+    """
+
+    def __init__(self, tokenizer, max_query_len: int = 256, size_divisibility: int = 32,
+                 pack_sources: Collection[str] = ()) -> None:
         self.tokenizer = tokenizer
         self.max_query_len = max_query_len
         self.size_divisibility = size_divisibility
+        self.pack_sources = frozenset(pack_sources)
+
+    def pack_negative_captions(self, examples: Sequence[TransformedExample]) -> list[TransformedExample]:
+        """The examples with other captions of the batch packed into their prompts as negatives (spans unchanged:
+        the negatives go after the example's own caption)."""
+        captions = [e.prompt.strip() for e in examples if e.source in self.pack_sources]
+        budget = self.max_query_len - 2  # [CLS] and [SEP]
+        packed = []
+        for example in examples:
+            if example.source not in self.pack_sources:
+                packed.append(example)
+                continue
+            prompt, used = example.prompt, len(self.tokenizer.tokenize(example.prompt))
+            for caption in captions:
+                if caption == example.prompt.strip():
+                    continue
+                cost = len(self.tokenizer.tokenize(". " + caption))
+                if used + cost <= budget:
+                    prompt, used = prompt.rstrip() + ". " + caption, used + cost
+            packed.append(replace(example, prompt=prompt))
+        return packed
 
     def __call__(self, examples: Sequence[TransformedExample]) -> TrainingBatch:
         if not examples:
             raise ValueError("cannot collate an empty batch")
+        if self.pack_sources:
+            examples = self.pack_negative_captions(examples)
         events: Counter = Counter()
         flat_spans, owners = [], []
         for example in examples:
@@ -100,7 +134,9 @@ class GroundingCollator:
             if (~grounded).any():
                 events["phrase beyond the token limit"] += int((~grounded).sum())
             boxes = torch.as_tensor(example.boxes, dtype=torch.float32).reshape(-1, 4)[grounded]
-            targets.append(GroundingTargets(boxes, box_map[grounded]))
+            weights = [None if w is None else torch.as_tensor(w, dtype=torch.float32)[grounded]
+                       for w in (example.token_weights, example.box_weights)]
+            targets.append(GroundingTargets(boxes, box_map[grounded], *weights))
 
         images, sizes = batch_images([e.image for e in examples], self.size_divisibility)
         return TrainingBatch(images, sizes, input_ids, attention_mask, targets, [e.key for e in examples],

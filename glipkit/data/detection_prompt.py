@@ -62,7 +62,10 @@ class DetectionPromptBuilder:
             used += cost
         return fitting, used
 
-    def __call__(self, positive_ids: Sequence[int], rng: random.Random) -> DetectionPrompt:
+    def __call__(self, positive_ids: Sequence[int], rng: random.Random,
+                 negative_ids: Sequence[int] = ()) -> DetectionPrompt:
+        """A prompt naming `positive_ids`, `negative_ids` (known negatives, e.g. classes a teacher found absent:
+        always included while they fit) and negatives sampled from the rest of the vocabulary."""
         cfg = self.cfg
         positives = sorted({int(c) for c in positive_ids})
         unknown = [c for c in positives if c not in self.class_names]
@@ -74,16 +77,18 @@ class DetectionPromptBuilder:
         kept, used = self._fitting(positives, 0, stop_at_first_misfit=True)
         dropped = [c for c in positives if c not in kept]
 
-        candidates = [c for c in self.order if c not in positives]
+        required = [c for c in dict.fromkeys(int(c) for c in negative_ids) if c in self.class_names
+                    and c not in positives][: cfg.max_negatives]
+        candidates = [c for c in self.order if c not in positives and c not in required]
         if cfg.shuffle:
-            limit = min(cfg.max_negatives, len(candidates))
+            limit = min(cfg.max_negatives - len(required), len(candidates))
             if rng.random() < cfg.all_negatives_prob or limit == 0:
                 count = limit
             else:
                 count = rng.randint(1, limit)
-            negatives = rng.sample(candidates, count)
+            negatives = required + rng.sample(candidates, count)
         else:
-            negatives = candidates[: cfg.max_negatives]
+            negatives = required + candidates[: cfg.max_negatives - len(required)]
         # The negative pre-screen: only negatives that still fit in the token budget.
         screened, used = self._fitting(negatives, used, stop_at_first_misfit=False)
 
@@ -99,12 +104,15 @@ class DetectionPromptBuilder:
 
 def prompted_example(key: str, image: Image.Image, boxes: np.ndarray, class_ids: Sequence[int],
                      prompts: DetectionPromptBuilder, rng: random.Random, source: str,
-                     box_events: dict[str, int]) -> GroundingExample:
-    """A detection example: GLIP's training prompt for the boxes' classes (§4.5); boxes whose class did not fit
-    in the prompt are left out and counted in `box_events`."""
-    prompt = prompts(class_ids, rng)
+                     box_events: dict[str, int], negative_ids: Sequence[int] = (),
+                     token_weights: np.ndarray | None = None,
+                     box_weights: np.ndarray | None = None) -> GroundingExample:
+    """A detection example: GLIP's training prompt for the boxes' classes (§4.5) and the known `negative_ids`;
+    boxes whose class did not fit in the prompt are left out and counted in `box_events`."""
+    prompt = prompts(class_ids, rng, negative_ids)
     fits = [i for i, c in enumerate(class_ids) if c in prompt.spans]
     if len(fits) < len(class_ids):
         box_events["class did not fit in the prompt"] = len(class_ids) - len(fits)
+    token_weights, box_weights = (None if w is None else w[fits] for w in (token_weights, box_weights))
     return GroundingExample(key, image, prompt.text, boxes[fits], [[prompt.spans[class_ids[i]]] for i in fits],
-                            source, box_events)
+                            source, box_events, token_weights, box_weights)

@@ -38,6 +38,9 @@ class GroundingExample:
     source: str = ""
     # Counts of what happened to annotated boxes while building the example (clipped, dropped and why).
     box_events: dict[str, int] = field(default_factory=dict)
+    # Optional per-box loss weights (G,), None = 1 (model/loss.GroundingTargets): token loss, box loss.
+    token_weights: np.ndarray | None = None
+    box_weights: np.ndarray | None = None
 
 
 def decode_example_image(data: bytes, key: str = "", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:

@@ -45,6 +45,15 @@ class PseudoFilter:
 
 
 @dataclass
+class PseudoRecipe:
+    """How pseudo boxes enter the loss (the defaults: like gold boxes)."""
+
+    box_loss_weight: float = 1.0  # box-regression and centerness loss weight (0: classification only, YOLO-World)
+    score_weights: bool = False  # token loss of each box times the teacher's score
+    negatives: bool = False  # classes prompts: the row's phrases without a kept box always named, as negatives
+
+
+@dataclass
 class PseudoAnnotation:
     """The kept pseudo-labels of one image: boxes (xyxy, original pixels), phrase index per box, the row's text."""
 
@@ -123,11 +132,13 @@ class PseudoLabelSource:
         shuffle_chunk: int = 1000,
         shuffle: bool = True,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        recipe: PseudoRecipe | None = None,
     ) -> None:
         if prompt not in ("auto", "caption", "classes"):
             raise ValueError(f"pseudo prompt must be auto, caption or classes, not {prompt!r}")
         self.name = name
         self.filters = filters or PseudoFilter()
+        self.recipe = recipe or PseudoRecipe()
         self.box_policy = box_policy
         self.shuffle_chunk = max(1, int(shuffle_chunk))
         self.shuffle = shuffle
@@ -248,9 +259,18 @@ class PseudoLabelSource:
             boxes = boxes * scale
         boxes, kept, events = clean_boxes(boxes, image.width, image.height, self.box_policy)
         phrase_index = annotation.phrase_index[kept]
+        recipe = self.recipe
+        token_weights = annotation.scores[kept].astype(np.float32) if recipe.score_weights else None
+        box_weights = np.full(len(kept), recipe.box_loss_weight, np.float32) if recipe.box_loss_weight != 1 else None
         if self.prompt_mode == "caption":
+            # A caption names its box-less phrases already: they are negatives without the recipe.
             spans: list[list[Span]] = [[annotation.phrases[p][1:]] for p in phrase_index]
-            return GroundingExample(key, image, annotation.caption, boxes, spans, self.name, events)
+            return GroundingExample(key, image, annotation.caption, boxes, spans, self.name, events, token_weights,
+                                    box_weights)
         assert self.prompts is not None
         classes = [self.vocabulary_ids[annotation.phrases[p][0]] for p in phrase_index]
-        return prompted_example(key, image, boxes, classes, self.prompts, rng, self.name, events)
+        boxed = set(phrase_index.tolist())
+        negatives = [self.vocabulary_ids[text] for i, (text, _, _) in enumerate(annotation.phrases)
+                     if i not in boxed] if recipe.negatives else []
+        return prompted_example(key, image, boxes, classes, self.prompts, rng, self.name, events, negatives,
+                                token_weights, box_weights)

@@ -26,6 +26,10 @@ class GroundingTargets:
 
     boxes: Tensor
     positive_map: Tensor
+    # Optional per-box weights (G,), None = 1: token_weights scale the token loss of the anchors matched to box g
+    # (e.g. a teacher's score), box_weights their box-regression and centerness loss (0: classification only).
+    token_weights: Tensor | None = None
+    box_weights: Tensor | None = None
 
 
 @dataclass
@@ -54,6 +58,8 @@ class ImageTargets:
     token_targets: Tensor
     reg_targets: Tensor
     centerness_targets: Tensor
+    anchor_weights: Tensor | None = None  # (N,) token-loss weight per anchor (targets.token_weights), None = 1
+    positive_box_weights: Tensor | None = None  # (P,) box-loss weight per positive anchor, None = 1
 
 
 def build_positive_map(
@@ -165,21 +171,32 @@ def prepare_image_targets(
     reg_targets = box_coder.encode(gt_boxes[matched_gt[positive]], positive_anchors)
     # §8.4: the centerness target is measured on the GT as decoded back from the regression target.
     centerness_targets = centerness_from_boxes(box_coder.decode(reg_targets, positive_anchors), positive_anchors)
-    return ImageTargets(matched_gt, token_targets, reg_targets, centerness_targets)
+    anchor_weights = positive_box_weights = None
+    if targets.token_weights is not None:
+        anchor_weights = torch.ones(all_anchors.shape[0], device=all_anchors.device)
+        anchor_weights[positive] = targets.token_weights.to(all_anchors.device).float()[matched_gt[positive]]
+    if targets.box_weights is not None:
+        positive_box_weights = targets.box_weights.to(all_anchors.device).float()[matched_gt[positive]]
+    return ImageTargets(matched_gt, token_targets, reg_targets, centerness_targets, anchor_weights,
+                        positive_box_weights)
 
 
 def token_sigmoid_focal_loss(
-    logits: Tensor, targets: Tensor, text_mask: Tensor, alpha: float = 0.25, gamma: float = 2.0
+    logits: Tensor, targets: Tensor, text_mask: Tensor, alpha: float = 0.25, gamma: float = 2.0,
+    anchor_weights: Tensor | None = None,
 ) -> Tensor:
-    """Summed sigmoid focal loss over the (B, N, L) elements whose token has attention mask 1 (§8.2)."""
+    """Summed sigmoid focal loss over the (B, N, L) elements whose token has attention mask 1 (§8.2); each anchor's
+    terms times `anchor_weights` (B, N) when given."""
     keep = (text_mask > 0)[:, None, :].expand_as(logits)
+    weights = anchor_weights[:, :, None].expand_as(logits)[keep] if anchor_weights is not None else None
     logits = logits[keep]
     targets = targets[keep]
     prob = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
     alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-    return (alpha_t * (1 - p_t) ** gamma * ce).sum()
+    loss = alpha_t * (1 - p_t) ** gamma * ce
+    return (loss * weights).sum() if weights is not None else loss.sum()
 
 
 def giou_loss(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
@@ -262,6 +279,14 @@ def grounding_loss(
         reg_targets = torch.cat([t.reg_targets for t in per_image])  # (P, 4), image-major like `positive`
         ctr_targets = torch.cat([t.centerness_targets for t in per_image])  # (P,)
         num_positive = reg_targets.shape[0]
+        anchor_weights = None
+        if any(t.anchor_weights is not None for t in per_image):
+            anchor_weights = torch.stack([t.anchor_weights if t.anchor_weights is not None
+                                          else torch.ones_like(t.matched_gt, dtype=torch.float32) for t in per_image])
+        box_weights = None
+        if any(t.positive_box_weights is not None for t in per_image):
+            box_weights = torch.cat([t.positive_box_weights if t.positive_box_weights is not None
+                                     else torch.ones_like(t.centerness_targets) for t in per_image])
 
         # num_pos_avg_per_gpu = max(total positives / world size, 1); the centerness-target sum is averaged the
         # same way. One all-reduce carries both; every rank takes part even with no positives (§8.2, §8.3).
@@ -272,7 +297,7 @@ def grounding_loss(
         ctr_sum_avg = totals[1].item() / world_size
 
         token_loss = token_sigmoid_focal_loss(
-            logits, token_targets, text_mask.to(device), cfg.focal_alpha, cfg.focal_gamma
+            logits, token_targets, text_mask.to(device), cfg.focal_alpha, cfg.focal_gamma, anchor_weights
         ) / num_pos_avg
 
         positive_reg = reg_pred[positive]  # (P, 4)
@@ -281,8 +306,12 @@ def grounding_loss(
             positive_anchors = all_anchors[None].expand(batch, -1, -1)[positive]
             pred_boxes = box_coder.decode(positive_reg, positive_anchors)
             target_boxes = box_coder.decode(reg_targets, positive_anchors)
-            reg_loss = (giou_loss(pred_boxes, target_boxes) * ctr_targets).sum() / ctr_sum_avg
-            ctr_loss = F.binary_cross_entropy_with_logits(positive_ctr, ctr_targets, reduction="sum") / num_pos_avg
+            reg_terms = giou_loss(pred_boxes, target_boxes) * ctr_targets
+            ctr_terms = F.binary_cross_entropy_with_logits(positive_ctr, ctr_targets, reduction="none")
+            if box_weights is not None:
+                reg_terms, ctr_terms = reg_terms * box_weights, ctr_terms * box_weights
+            reg_loss = reg_terms.sum() / ctr_sum_avg
+            ctr_loss = ctr_terms.sum() / num_pos_avg
         else:
             # §8.5: sums over an empty selection, zero but attached to the graph.
             reg_loss = positive_reg.sum()

@@ -32,6 +32,11 @@ class DataOptions:
     pseudo_max_boxes: int | None = None
     pseudo_agnostic_nms: float | None = None
     pseudo_prompt: str = "auto"
+    # Self-training recipes (off by default): data/pseudo.PseudoRecipe and negative caption packing (collate).
+    pseudo_box_loss: float = 1.0
+    pseudo_score_weights: bool = False
+    pseudo_negatives: bool = False
+    pack_negative_captions: bool = False
     mix: str | None = None  # e.g. "gold=1,pseudo=3"
     shots: int | None = None  # K images per class of the gold detection set
     box_policy: str = "clip"

@@ -9,7 +9,7 @@ from glipkit.data.few_shot import few_shot_image_ids
 from glipkit.data.mdetr_grounding import MdetrGroundingSource
 from glipkit.data.mixture import SourceMixture, parse_mix
 from glipkit.data.odvg import OdvgSource
-from glipkit.data.pseudo import PseudoFilter, PseudoLabelSource
+from glipkit.data.pseudo import PseudoFilter, PseudoLabelSource, PseudoRecipe
 from glipkit.data.training_stream import TrainingBatches
 from glipkit.engine.training.config import DataOptions
 
@@ -46,13 +46,20 @@ def build_sources(options: DataOptions, tokenizer, seed: int) -> dict:
     if options.pseudo:
         filters = PseudoFilter(options.pseudo_min_score, options.pseudo_min_boxes, options.pseudo_nms,
                                options.pseudo_max_boxes, options.pseudo_agnostic_nms)
+        recipe = PseudoRecipe(options.pseudo_box_loss, options.pseudo_score_weights, options.pseudo_negatives)
         sources["pseudo"] = PseudoLabelSource(options.pseudo, tokenizer, shards=options.pseudo_shards, name="pseudo",
                                               filters=filters, prompt=options.pseudo_prompt,
                                               box_policy=options.box_policy, shuffle_chunk=options.shuffle_chunk,
-                                              max_image_pixels=options.max_image_pixels)
+                                              max_image_pixels=options.max_image_pixels, recipe=recipe)
     if not sources:
         raise ValueError("no training data: give --gold, --grounding, --odvg and/or --pseudo")
     return sources
+
+
+def caption_sources(sources) -> list[str]:
+    """Names of the sources whose prompts are captions (negative caption packing applies to them)."""
+    return [s.name for s in sources if isinstance(s, MdetrGroundingSource)
+            or (isinstance(s, PseudoLabelSource) and s.prompt_mode == "caption")]
 
 
 def build_mixture(options: DataOptions, tokenizer, seed: int) -> SourceMixture:
@@ -65,6 +72,7 @@ def build_batches(mixture: SourceMixture, options: DataOptions, model_config, to
                   rank: int, world_size: int, start_step: int, max_steps: int) -> TrainingBatches:
     """This rank's batches for micro-steps start_step..max_steps-1."""
     transform = TrainTransform(model_config.input, options.train_min_sizes, options.max_size, options.flip_prob)
-    collator = GroundingCollator(tokenizer, model_config.language.max_query_len, model_config.input.size_divisibility)
+    collator = GroundingCollator(tokenizer, model_config.language.max_query_len, model_config.input.size_divisibility,
+                                 caption_sources(mixture.sources) if options.pack_negative_captions else ())
     return TrainingBatches(mixture, transform, collator, batch_size, seed, rank=rank, world_size=world_size,
                            start_step=start_step, max_steps=max_steps, max_image_pixels=options.max_image_pixels)
