@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -221,3 +222,22 @@ def test_demo_runs_the_main_job(cli, tiny_tokenizer_dir, tmp_path):
     report = json.loads((out / "report" / "report.json").read_text())
     assert gallery.is_file() and str(gallery) in result.stdout
     assert report and (out / "report" / "report.html").is_file()
+
+
+def test_the_eta_counts_images_before_the_first_shard_ends(cli, confident_checkpoint, tiny_tokenizer_dir, tmp_path):
+    # img2dataset writes <stem>_stats.json beside each tar; its `successes` sizes the shard before it is read.
+    folder = tmp_path / "i2d"
+    shards = write_demo_shards(folder, num_shards=2, samples_per_shard=4, min_size=64, max_size=96)
+    for shard in shards:
+        (folder / f"{shard.stem}_stats.json").write_text(json.dumps({"count": 5, "successes": 4}))
+    result = cli(["pseudo-label", "--shards", folder, "--out", tmp_path / "labels", "--model", confident_checkpoint,
+                  "--tokenizer", tiny_tokenizer_dir, "--device", "cpu", "--workers", "0", "--extractor", "ngrams",
+                  "--ngram-max-n", "2", "--batch-size", "2", "--image-size", "64"],
+                 env={"GLIPKIT_PROGRESS_SECONDS": "0"})
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pseudo-label: 0/2 shards")]
+    # The line after the first batch of 2 images: 6 of 8 images left at the rate so far, no shard finished yet.
+    first = next(line for line in lines if "2 images (" in line)
+    rate = float(re.search(r"2 images \(([\d.]+)/s\)", first).group(1))
+    minutes, seconds = re.search(r"ETA 0:(\d\d):(\d\d)", first).groups()
+    assert abs(int(minutes) * 60 + int(seconds) - 6 / rate) <= 1.5

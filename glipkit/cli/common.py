@@ -100,12 +100,11 @@ class ProgressDisplay:
 
     def _start(self) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
             console=Console(stderr=True), transient=False,
         )
         self._progress.start()
@@ -128,10 +127,11 @@ class ProgressDisplay:
         if event.message:
             self._progress.console.log(event.message)
         info = self._info(event)
+        eta = _eta_text(event) or "-:--:--"
         if event.task not in self._tasks:
             self._tasks[event.task] = self._progress.add_task(event.task, total=event.total, unit=event.unit,
-                                                              info=info)
-        self._progress.update(self._tasks[event.task], completed=event.done, total=event.total, info=info)
+                                                              info=info, eta=eta)
+        self._progress.update(self._tasks[event.task], completed=event.done, total=event.total, info=info, eta=eta)
 
     def _print_line(self, event: "ProgressEvent") -> None:
         if event.message:
@@ -144,9 +144,7 @@ class ProgressDisplay:
             return
         self._printed[event.task] = (now, event.done)
         total = f"/{event.total:,}" if event.total is not None else ""
-        eta = ""
-        if event.total and 0 < event.done < event.total:
-            eta = f", ETA {_clock(event.elapsed_s * (event.total / event.done - 1))}"
+        eta = f", ETA {_eta_text(event)}" if _eta_text(event) else ""
         info = self._info(event)
         typer.echo(f"{event.task}: {event.done:,}{total} {event.unit}{', ' + info if info else ''}, "
                    f"elapsed {_clock(event.elapsed_s)}{eta}", err=True)
@@ -162,6 +160,13 @@ class ProgressDisplay:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def _eta_text(event: "ProgressEvent") -> str:
+    from glipkit.engine.progress import eta_seconds
+
+    seconds = eta_seconds(event)
+    return _clock(seconds) if seconds is not None else ""
 
 
 def _clock(seconds: float) -> str:

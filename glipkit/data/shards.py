@@ -182,6 +182,20 @@ def shard_url(shard: str | os.PathLike) -> str:
     return str(path.absolute()) if path is not None else str(shard)
 
 
+def expected_samples(shard: str | os.PathLike) -> int | None:
+    """How many samples a local shard holds, from img2dataset's `<stem>_stats.json` beside it (`successes`);
+    None when there is no such file (or the shard is remote): an estimate for progress, never a check."""
+    path = local_path(shard)
+    stats = path.with_name(f"{shard_stem(path)}_stats.json") if path is not None else None
+    if stats is None or not stats.is_file():
+        return None
+    try:
+        value = json.loads(stats.read_text(encoding="utf-8")).get("successes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value >= 0 else None
+
+
 def locate_shard(table: str | os.PathLike, value: str | None,
                  by_stem: Mapping[str, str | os.PathLike] | None = None) -> str:
     """Where the shard a label table row names is: matched by stem among `by_stem` (the user's `--shards`) when

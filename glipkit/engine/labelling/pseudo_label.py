@@ -39,7 +39,7 @@ import pyarrow as pa
 import torch
 
 from glipkit.data.images import DEFAULT_MAX_IMAGE_PIXELS
-from glipkit.data.shards import expand_shards, shard_url, shards_for_rank
+from glipkit.data.shards import expand_shards, expected_samples, shard_url, shards_for_rank
 from glipkit.data.tables import LABELS_SCHEMA, LABELS_SUFFIX, LEGACY_LABELS_SUFFIX, read_metadata, write_table
 from glipkit.engine.distributed import DistributedContext, init_distributed
 from glipkit.engine.labelling.extract_phrases import ExtractPhrasesSettings
@@ -223,6 +223,7 @@ class _Job:
         self.images = 0
         self.boxes = 0
         self.done = 0
+        self.expected: dict[str, int | None] = {}  # samples of each shard to label, where known
 
     # -- setup --------------------------------------------------------------------------------------------------
 
@@ -301,6 +302,7 @@ class _Job:
         finished, todo = plan_outputs(self.out, self.shards, names, COMMAND, expected, self.settings.overwrite,
                                       LEGACY_LABELS_SUFFIX)
         self.done = len(finished)
+        self.expected = {self.shards[i]: expected_samples(self.shards[i]) for i in todo}
         self._emit()
         labelled: dict[str, ShardResult] = {}
         with self.claims:
@@ -341,7 +343,7 @@ class _Job:
                 result = self._finish_shard(item, state)
                 results[item.shard] = result
                 self.done += 1
-                self._emit()
+                self._emit(result)
 
     def _label_batch(self, batch: ImageBatch, state: "_OpenShard") -> None:
         groundings = self._ground(batch)
@@ -462,11 +464,23 @@ class _Job:
                 pass
         return settings
 
-    def _emit(self) -> None:
+    def _emit(self, finished: ShardResult | None = None) -> None:
+        if finished is not None and self.expected.get(finished.input) is None:
+            self.expected[finished.input] = finished.read  # a size seen, for the shards of unknown size
         if self.progress is not None:
-            self.progress(ProgressEvent(COMMAND, self.done, len(self.shards), "shards",
-                                        time.perf_counter() - self.started, {"images": self.images,
-                                                                             "boxes": self.boxes}))
+            elapsed = time.perf_counter() - self.started
+            self.progress(ProgressEvent(COMMAND, self.done, len(self.shards), "shards", elapsed,
+                                        {"images": self.images, "boxes": self.boxes},
+                                        eta_s=self._eta_in_images(elapsed)))
+
+    def _eta_in_images(self, elapsed: float) -> float | None:
+        """Time left by images, so that there is an ETA before the first shard ends: the shards' sizes from
+        img2dataset's stats files or, for the others, the mean size of those known or finished."""
+        known = [n for n in self.expected.values() if n is not None]
+        if not known or self.images == 0 or elapsed <= 0:
+            return None
+        total = sum(known) + (len(self.expected) - len(known)) * sum(known) / len(known)
+        return max(0.0, total - self.images) / (self.images / elapsed)
 
 
 def _source_fields(record: SampleRecord) -> dict[str, Any]:
