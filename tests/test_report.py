@@ -85,6 +85,19 @@ def test_histograms_add_up_to_the_table(run, tmp_path):
     assert "| score >= |" in (tmp_path / "r" / "report.md").read_text()
 
 
+def gold_label(obj: dict, score: float, phrase: int) -> dict:
+    """A label row's box exactly on a demo object's gold box (tables hold the +1 convention's inclusive x1, y1)."""
+    x0, y0, x1, y1 = obj["box"]
+    return {"x0": x0, "y0": y0, "x1": x1 - 1, "y1": y1 - 1, "score": score, "phrase": phrase}
+
+
+def labels_row(shard: Path, key: str, meta: dict, boxes: list[dict], phrases: list[tuple[str, int, int]]) -> dict:
+    """A label-table row for one demo sample."""
+    return {"key": key, "caption": meta["caption"], "shard": str(shard), "width": meta["width"],
+            "height": meta["height"], "boxes": boxes,
+            "phrases": [{"text": t, "start": s, "end": e} for t, s, e in phrases]}
+
+
 def test_precision_and_recall_against_gold_equal_a_direct_computation(run, tmp_path):
     shards = sorted((run.parent / "shards").glob("*.tar"))
     gold = write_gold_coco(shards, tmp_path / "gold.json")
@@ -101,14 +114,10 @@ def test_precision_and_recall_against_gold_equal_a_direct_computation(run, tmp_p
                 if objects % 3 == 0:
                     missed += 1
                     continue
-                x0, y0, x1, y1 = o["box"]
-                boxes.append({"x0": x0, "y0": y0, "x1": x1 - 1, "y1": y1 - 1, "score": 0.8,
-                              "phrase": index[o["phrase"]]})
+                boxes.append(gold_label(o, 0.8, index[o["phrase"]]))
             phrases.append(("a circle", -1, -1))
             boxes.append({"x0": 0, "y0": 0, "x1": 3, "y1": 3, "score": 0.4, "phrase": len(phrases) - 1})
-            rows.append({"key": sample.key, "caption": meta["caption"], "shard": str(shard), "width": meta["width"],
-                         "height": meta["height"], "boxes": boxes,
-                         "phrases": [{"text": t, "start": s, "end": e} for t, s, e in phrases]})
+            rows.append(labels_row(shard, sample.key, meta, boxes, phrases))
     write_table(tmp_path / "made" / "all.labels.parquet", rows, LABELS_SCHEMA, "pseudo-label", {})
     result = cli("report", str(tmp_path / "made"), "--gold", str(gold), "--out", str(tmp_path / "r1"))
     assert result.exit_code == 0, result.output
@@ -130,3 +139,31 @@ def test_precision_and_recall_against_gold_equal_a_direct_computation(run, tmp_p
     rows = [r for t in label_table_paths(run) for r in pq.read_table(t).to_pylist()]
     for threshold in (0.0, 0.1, 0.3):
         assert direct_precision_recall(rows, gold, threshold) == tuple(curve[threshold][k] for k in ("tp", "fp", "fn"))
+
+
+def test_boxes_with_wrong_names_count_for_localisation_only(run, tmp_path):
+    shards = sorted((run.parent / "shards").glob("*.tar"))
+    gold = write_gold_coco(shards, tmp_path / "gold.json")
+    # Every gold object boxed exactly, each named as another category (a teacher that finds but cannot name).
+    rows, objects = [], 0
+    for shard in shards:
+        for sample in iter_samples(shard, extensions=("json",)):
+            meta = json.loads(sample.files["json"])
+            boxes, phrases = [], []
+            for o in meta["objects"]:
+                objects += 1
+                wrong = CATEGORIES[(CATEGORIES.index(o["category"]) + 1) % len(CATEGORIES)]
+                phrases.append((f"a {wrong}", -1, -1))
+                boxes.append(gold_label(o, 0.8, len(phrases) - 1))
+            rows.append(labels_row(shard, sample.key, meta, boxes, phrases))
+    write_table(tmp_path / "made" / "all.labels.parquet", rows, LABELS_SCHEMA, "pseudo-label", {})
+    result = cli("report", str(tmp_path / "made"), "--gold", str(gold), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())["gold"]
+    named = {r["threshold"]: r for r in report["curve"]}[0.5]
+    any_name = {r["threshold"]: r for r in report["any_name_curve"]}[0.5]
+    assert (named["tp"], named["fp"], named["fn"]) == (0, objects, objects)
+    assert (any_name["tp"], any_name["fp"], any_name["fn"]) == (objects, 0, 0)
+    assert {r["threshold"]: r for r in report["any_name_curve"]}[0.9]["tp"] == 0
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "| 0.50 | 0.000 | 0.000 | 0.000 | 1.000 | 1.000 |" in markdown

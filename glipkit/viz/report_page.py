@@ -84,9 +84,10 @@ def _gold_section(gold: Mapping[str, Any]) -> str:
         (name, c["gold_boxes"], c["best"]["threshold"], c["best"]["precision"], c["best"]["recall"], c["best"]["f1"],
          round(gold["per_category_AP"].get(name, -1.0), 4))
         for name, c in gold["per_category"].items()]))
-    parts.append(_table(["threshold", "tp", "fp", "fn", "precision", "recall", "F1"],
-                        [(r["threshold"], r["tp"], r["fp"], r["fn"], r["precision"], r["recall"], r["f1"])
-                         for r in curve]))
+    parts.append(_table(["threshold", "tp", "fp", "fn", "precision", "recall", "F1", "precision, any name",
+                         "recall, any name"],
+                        [(r["threshold"], r["tp"], r["fp"], r["fn"], r["precision"], r["recall"], r["f1"],
+                          a["precision"], a["recall"]) for r, a in zip(curve, gold["any_name_curve"])]))
     return "".join(parts)
 
 
@@ -121,7 +122,9 @@ def report_markdown(data: Mapping[str, Any]) -> str:
         lines += ["", f"## Against gold ({gold['images']} images, IoU {gold['iou']})", "",
                   f"Best F1 {best['f1']:.3f} at score >= {best['threshold']:.2f} (precision {best['precision']:.3f}, "
                   f"recall {best['recall']:.3f}); COCO AP {gold['AP']:.3f}, AP50 {gold['AP50']:.3f}.", "",
-                  "| score >= | precision | recall | F1 |", "|---|---|---|---|"]
-        lines += [f"| {r['threshold']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} |"
-                  for r in gold["curve"]]
+                  "Any name: the boxes alone against every gold box, whatever they name.", "",
+                  "| score >= | precision | recall | F1 | precision, any name | recall, any name |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['threshold']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+                  f"{a['precision']:.3f} | {a['recall']:.3f} |" for r, a in zip(gold["curve"], gold["any_name_curve"])]
     return "\n".join(lines) + "\n"

@@ -2,13 +2,14 @@
 
 Statistics per run and per table (shard) come from evaluation/label_stats.py; with a gold COCO subset, the labels
 of the gold images are matched to it (evaluation/label_quality.py): precision / recall / F1 per score threshold,
-overall and per category, the threshold that maximises F1, and COCO AP.
+overall and per category, the threshold that maximises F1, and COCO AP; and the same curve for the boxes alone,
+whatever they name (a teacher that finds the objects but names them wrong scores high there and low above).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -60,14 +61,14 @@ def make_report(labels: str | os.PathLike | Sequence[str | os.PathLike], out: st
             else Path("report")
     out = Path(out)
     run, shards = LabelStats(), {}
-    gold = quality = category_of = None
+    gold = quality = any_name = category_of = None
     records: list[dict] = []
     covered: set = set()
     unmatched_boxes = 0
     if settings.gold is not None:
         gold_data, names, gold_images = read_gold(settings.gold)
         category_of = gold_category_map(names, settings.classes)
-        quality = QualityCounter(settings.iou)
+        quality, any_name = QualityCounter(settings.iou), QualityCounter(settings.iou)
         gold = (gold_data, names, gold_images)
 
     for item in read_labelled(tables):
@@ -90,6 +91,9 @@ def make_report(labels: str | os.PathLike | Sequence[str | os.PathLike], out: st
         unmatched_boxes += int((~keep).sum())
         categories = np.array([c for c in ids if c is not None], np.int64)
         quality.add(boxes[keep], labels_.scores[keep].astype(np.float64), categories, target)
+        # The same boxes against every gold box, as if all had one category: localisation without naming.
+        any_name.add(boxes[keep], labels_.scores[keep].astype(np.float64), np.zeros(int(keep.sum()), np.int64),
+                     replace(target, categories=[0] * len(target.categories)))
         for (x0, y0, x1, y1), score, category in zip(boxes[keep].tolist(), labels_.scores[keep].tolist(),
                                                      categories.tolist()):
             records.append({"image_id": target.image_id, "category_id": category, "bbox": [x0, y0, x1 - x0, y1 - y0],
@@ -112,7 +116,8 @@ def make_report(labels: str | os.PathLike | Sequence[str | os.PathLike], out: st
                                       "best": best_threshold(cat_curve)}
         data["gold"] = {"file": str(settings.gold), "images": len(covered), "iou": settings.iou,
                         "boxes_without_gold_category": unmatched_boxes, "curve": curve, "best": best,
-                        "per_category": per_category, **coco_ap(gold_data, sorted(covered, key=str), records)}
+                        "any_name_curve": any_name.curve(), "per_category": per_category,
+                        **coco_ap(gold_data, sorted(covered, key=str), records)}
         summary += (f"; against {len(covered)} gold images: best F1 {best['f1']:.3f} at score >= "
                     f"{best['threshold']:.2f} (precision {best['precision']:.3f}, recall {best['recall']:.3f}), "
                     f"AP {data['gold']['AP']:.3f}")
