@@ -4,11 +4,10 @@ untrained model's) and the student, trained on the teacher's pseudo-labels only,
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from examples_helpers import load_example
+
 # What this short run (600 + 600 steps at 96 px; about 5 minutes) must show. Measured on the development machine:
 # untrained AP50 0.000, teacher 0.120, student 0.052 (0.43 of the teacher); the bars leave room for other
 # platforms' numerics. The full example (examples/README.md) reaches much more.
@@ -16,15 +15,8 @@ MIN_TEACHER_AP50 = 0.06
 MIN_STUDENT_FRACTION = 0.2
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("teacher_student", REPO / "examples" / "teacher_student.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_teacher_learns_and_student_learns_from_its_pseudo_labels(tmp_path):
-    example = _example()
+    example = load_example("teacher_student")
     summary = example.run(example.parse_args([
         "--out", str(tmp_path), "--train-images", "1200", "--val-images", "40", "--shards", "4", "--per-shard", "96",
         "--teacher-steps", "600", "--student-steps", "600", "--image-size", "96",
