@@ -241,3 +241,20 @@ def test_the_eta_counts_images_before_the_first_shard_ends(cli, confident_checkp
     rate = float(re.search(r"2 images \(([\d.]+)/s\)", first).group(1))
     minutes, seconds = re.search(r"ETA 0:(\d\d):(\d\d)", first).groups()
     assert abs(int(minutes) * 60 + int(seconds) - 6 / rate) <= 1.5
+
+
+def test_the_out_check_survives_another_rank_removing_the_new_directory(tmp_path, monkeypatch):
+    from glipkit.engine import checks
+
+    out, real, calls = tmp_path / "a" / "b", checks.tempfile.TemporaryFile, []
+
+    def racing(*args, **kwargs):
+        calls.append(kwargs["dir"])
+        if len(calls) == 1:  # the other rank's check removes the directories it made, between our mkdir and file
+            out.rmdir()
+            out.parent.rmdir()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checks.tempfile, "TemporaryFile", racing)
+    checks.check_out_dir(out)
+    assert calls == [out, out] and not (tmp_path / "a").exists()

@@ -36,9 +36,7 @@ def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     if parent.exists() and not parent.is_dir():
         raise GlipkitUsageError(f"{flag} {path}: cannot write there, {parent} is a file")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        _probe(path)
     except OSError as error:
         # mkdir in /proc and the like fails with ENOENT; "No such file or directory" would name the wrong problem
         refused = error.errno == errno.ENOENT and parent.is_dir()
@@ -50,6 +48,19 @@ def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> None:
                 directory.rmdir()
             except OSError:
                 break
+
+
+def _probe(path: Path, attempts: int = 5) -> None:
+    """Make `path` and a temporary file in it. Another process checking the same new directory (the ranks of one
+    torchrun job) may remove it between our mkdir and our file: then make it again."""
+    for attempt in range(attempts):
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                return
+        except FileNotFoundError:
+            if path.is_dir() or attempt == attempts - 1:
+                raise
 
 
 def check_output_file(path: str | os.PathLike, flag: str) -> None:
