@@ -26,8 +26,8 @@ def report_command(
 ) -> None:
     """Judge label tables: per run and per shard, score / boxes / phrases / box-size histograms, the share kept at
     each score threshold, top phrases and their mean scores, flags; with --gold, precision, recall, F1 and AP at
-    each threshold, per category (phrases matched to gold categories by normalised text, or --classes), and of the
-    boxes alone whatever they name."""
+    each threshold, per category (phrases matched to gold categories by normalised text, or --classes), and for
+    the same boxes matched to gold boxes of any category."""
     from glipkit.engine.labels.report import ReportSettings, make_report
 
     with user_errors():

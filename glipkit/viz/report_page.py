@@ -122,7 +122,7 @@ def report_markdown(data: Mapping[str, Any]) -> str:
         lines += ["", f"## Against gold ({gold['images']} images, IoU {gold['iou']})", "",
                   f"Best F1 {best['f1']:.3f} at score >= {best['threshold']:.2f} (precision {best['precision']:.3f}, "
                   f"recall {best['recall']:.3f}); COCO AP {gold['AP']:.3f}, AP50 {gold['AP50']:.3f}.", "",
-                  "Any name: the boxes alone against every gold box, whatever they name.", "",
+                  "Any name: the same boxes matched to gold boxes of any category (found, whatever the name).", "",
                   "| score >= | precision | recall | F1 | precision, any name | recall, any name |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {r['threshold']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "

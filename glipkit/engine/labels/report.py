@@ -2,8 +2,9 @@
 
 Statistics per run and per table (shard) come from evaluation/label_stats.py; with a gold COCO subset, the labels
 of the gold images are matched to it (evaluation/label_quality.py): precision / recall / F1 per score threshold,
-overall and per category, the threshold that maximises F1, and COCO AP; and the same curve for the boxes alone,
-whatever they name (a teacher that finds the objects but names them wrong scores high there and low above).
+overall and per category, the threshold that maximises F1, and COCO AP; and the same curve for the same boxes
+matched to gold boxes of any category (a teacher that finds the objects but names them wrong scores high there
+and low above).
 """
 
 from __future__ import annotations
